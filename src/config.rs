@@ -1,0 +1,224 @@
+//! Configuration: one TOML file, every key documented in `config.toml.example`, validated at start with
+//! errors that name the key. Without a file the daemon runs on the embedded default (see `Config::default`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::scim::ScimSettings;
+use crate::staging::StagingOptions;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub staging: StagingConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: String,
+    /// Path prefix of the SCIM endpoints.
+    pub base_path: String,
+    /// Absolute URL of the base path as clients reach it (behind a reverse proxy); used in `Location`
+    /// headers and `meta.location`. Derived from the request's Host header when unset.
+    pub public_url: Option<String>,
+    /// Largest accepted request body in bytes.
+    pub max_body_bytes: usize,
+    /// Refuse unknown attributes with 400 instead of ignoring them.
+    pub strict: bool,
+    /// Page size of list responses when the client sends no `count`.
+    pub default_page_size: usize,
+    /// Largest page a client may ask for.
+    pub max_page_size: usize,
+    /// Seconds to let in-flight requests finish on shutdown.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let s = ScimSettings::default();
+        ServerConfig {
+            listen: "127.0.0.1:7644".into(),
+            base_path: s.base_path,
+            public_url: None,
+            max_body_bytes: s.max_body_bytes,
+            strict: s.strict,
+            default_page_size: s.default_page_size,
+            max_page_size: s.max_page_size,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagingConfig {
+    /// The SQLite staging database file (created with its directory if missing).
+    pub path: PathBuf,
+    /// Most changes committed together in one transaction (group commit).
+    pub max_batch: usize,
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        StagingConfig { path: PathBuf::from("scim-bridge-data/staging.db"), max_batch: StagingOptions::default().max_batch }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `scim_bridge=debug,info`. `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { level: "info".into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, message: message.into() }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    ///
+    /// # Errors
+    /// The file cannot be read, is not valid TOML, has an unknown key, or a value fails validation; the
+    /// message names the key.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates TOML text.
+    ///
+    /// # Errors
+    /// As for [`Config::load`].
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::new(), message: e.to_string().trim_end().to_owned() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// # Errors
+    /// The first invalid value, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        self.listen_addr()?;
+        if !s.base_path.starts_with('/') || s.base_path.contains(char::is_whitespace) || s.base_path.contains(['?', '#', '{', '}']) {
+            return Err(invalid("server.base_path", format!("{:?} must be a URL path starting with '/', e.g. \"/scim/v2\"", s.base_path)));
+        }
+        if let Some(u) = &s.public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(invalid("server.public_url", format!("{u:?} must be an absolute http:// or https:// URL")));
+        }
+        if s.max_body_bytes < 1024 {
+            return Err(invalid("server.max_body_bytes", format!("{} is too small; at least 1024", s.max_body_bytes)));
+        }
+        if s.max_page_size == 0 {
+            return Err(invalid("server.max_page_size", "must be at least 1"));
+        }
+        if s.default_page_size == 0 || s.default_page_size > s.max_page_size {
+            return Err(invalid(
+                "server.default_page_size",
+                format!("{} must be between 1 and server.max_page_size ({})", s.default_page_size, s.max_page_size),
+            ));
+        }
+        if self.staging.path.as_os_str().is_empty() {
+            return Err(invalid("staging.path", "must name the staging database file"));
+        }
+        if self.staging.max_batch == 0 {
+            return Err(invalid("staging.max_batch", "must be at least 1"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| invalid("log.level", format!("{:?} is not a valid filter: {e}", self.log.level)))?;
+        Ok(())
+    }
+
+    /// # Errors
+    /// `server.listen` is not an `address:port`.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            invalid("server.listen", format!("{:?} is not an address:port such as \"127.0.0.1:7644\"", self.server.listen))
+        })
+    }
+
+    pub fn scim_settings(&self) -> ScimSettings {
+        let s = &self.server;
+        ScimSettings {
+            base_path: s.base_path.clone(),
+            max_body_bytes: s.max_body_bytes,
+            strict: s.strict,
+            default_page_size: s.default_page_size,
+            max_page_size: s.max_page_size,
+            public_url: s.public_url.clone(),
+        }
+    }
+
+    pub fn staging_options(&self) -> StagingOptions {
+        StagingOptions { max_batch: self.staging.max_batch }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config.toml.example");
+        Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:7644");
+        assert_eq!(c.server.base_path, "/scim/v2");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[server]\nlisten = \"127.0.0.1:1\"\nlsiten = 3\n").unwrap_err().to_string();
+        assert!(e.contains("lsiten"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (text, key) in [
+            ("[server]\nlisten = \"localhost\"", "server.listen"),
+            ("[server]\nbase_path = \"scim\"", "server.base_path"),
+            ("[server]\nmax_body_bytes = 10", "server.max_body_bytes"),
+            ("[server]\ndefault_page_size = 5000", "server.default_page_size"),
+            ("[server]\npublic_url = \"scim.example.com\"", "server.public_url"),
+            ("[staging]\nmax_batch = 0", "staging.max_batch"),
+            ("[log]\nlevel = \"=[\"", "log.level"),
+        ] {
+            let e = Config::parse(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+}

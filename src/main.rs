@@ -1,0 +1,147 @@
+//! The `scim-bridge` command: serve, check-config, token.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use scim_bridge::config::Config;
+use scim_bridge::staging::{self, Staging};
+
+#[derive(Parser)]
+#[command(version, about = "SCIM 2.0 bridge from Entra ID / Okta to SQL databases and LDAP directories")]
+struct Cli {
+    /// Config file (TOML). Without it, the embedded default: 127.0.0.1:7644, staging in ./scim-bridge-data.
+    #[arg(long, short, global = true, env = "SCIM_BRIDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Validate the config file and exit (run by the systemd unit before start and reload).
+    CheckConfig,
+    /// Create a tenant, or rotate its token, and print the new token once. The old token stops working at once.
+    Token {
+        /// Tenant name (letters, digits, '-', '_', '.').
+        tenant: String,
+    },
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        Some(p) => Ok(Config::load(p)?),
+        None => Ok(Config::default()),
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Token { tenant } => token(&cli.config, tenant),
+        Command::Serve => serve(&cli.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scim-bridge: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: &Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    match path {
+        Some(p) => println!("{}: OK (listen {}, staging {})", p.display(), config.server.listen, config.staging.path.display()),
+        None => println!("no config file given: the embedded default is valid"),
+    }
+    Ok(())
+}
+
+fn token(path: &Option<PathBuf>, tenant: &str) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let (t, token) = staging::rotate_token(&config.staging.path, tenant)
+        .with_context(|| format!("while issuing a token for tenant {tenant:?}"))?;
+    eprintln!("New bearer token for tenant {:?} (shown once; any previous token of this tenant is revoked):", t.name);
+    println!("{token}");
+    Ok(())
+}
+
+fn serve(path: &Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    init_logging(&config.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("while starting the runtime")?;
+    runtime.block_on(run(config, path.is_none()))
+}
+
+async fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
+    let addr = config.listen_addr()?;
+    let staging_path = config.staging.path.clone();
+    // The embedded default shows the whole flow with one command: on first start it creates a tenant and
+    // prints its token once.
+    if embedded {
+        let existing = staging::tenant_names(&staging_path).context("while opening the staging database")?;
+        if existing.is_empty() {
+            let (_, token) = staging::rotate_token(&staging_path, "default")?;
+            println!("Created tenant \"default\". Its bearer token (shown once, store it now):\n\n    {token}\n");
+        }
+    }
+    let staging = Staging::open(&staging_path, config.staging_options())
+        .with_context(|| format!("while opening the staging database {}", staging_path.display()))?;
+    let tenants = staging.tenants().await?;
+    if tenants.is_empty() {
+        tracing::warn!("no tenant has a token yet: every request will be refused; run `scim-bridge token <tenant>`");
+    }
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("while binding {addr} (server.listen)"))?;
+    let local = listener.local_addr()?;
+    let base = config.server.base_path.trim_end_matches('/');
+    println!("scim-bridge listening on http://{local}{base}");
+    tracing::info!(
+        listen = %local,
+        base_path = base,
+        staging = %staging_path.display(),
+        tenants = tenants.len(),
+        "scim-bridge started"
+    );
+    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    scim_bridge::serve(listener, staging, config.scim_settings(), grace, shutdown_signal()).await?;
+    tracing::info!("scim-bridge stopped; every acknowledged change is committed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,119 @@
+//! Versioned schema migrations for the staging database. Each migration runs in its own transaction and
+//! bumps `PRAGMA user_version`, so a crash mid-migration leaves the previous version intact.
+
+use rusqlite::Connection;
+
+/// Append-only: never edit a migration that has shipped; add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: tenants, resources (desired state), search indexes, group membership, the change journal.
+    r#"
+    CREATE TABLE tenants (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        token_hash    BLOB,             -- SHA-256 of the bearer token; the token itself is never stored
+        created       TEXT NOT NULL,
+        token_rotated TEXT
+    );
+    CREATE UNIQUE INDEX tenants_token ON tenants(token_hash) WHERE token_hash IS NOT NULL;
+
+    CREATE TABLE resources (
+        seq           INTEGER PRIMARY KEY,   -- creation order: the stable order of list responses
+        tenant_id     INTEGER NOT NULL REFERENCES tenants(id),
+        kind          TEXT NOT NULL CHECK (kind IN ('User', 'Group')),
+        id            TEXT NOT NULL,
+        name_key      TEXT NOT NULL,         -- lower(userName) for users, lower(displayName) for groups
+        display_key   TEXT,                  -- lower(displayName) of users, for displayName filters
+        external_id   TEXT,
+        display       TEXT,                  -- shown as members[].display
+        body          TEXT NOT NULL,         -- normalised SCIM document without id, meta and members
+        version       INTEGER NOT NULL,
+        created       TEXT NOT NULL,
+        last_modified TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX resources_id ON resources(tenant_id, id);
+    CREATE UNIQUE INDEX resources_name ON resources(tenant_id, kind, name_key);
+    CREATE INDEX resources_external ON resources(tenant_id, kind, external_id) WHERE external_id IS NOT NULL;
+    CREATE INDEX resources_display ON resources(tenant_id, kind, display_key) WHERE display_key IS NOT NULL;
+
+    CREATE TABLE resource_emails (
+        resource_seq INTEGER NOT NULL REFERENCES resources(seq) ON DELETE CASCADE,
+        tenant_id    INTEGER NOT NULL,
+        email        TEXT NOT NULL           -- lower-cased
+    );
+    CREATE INDEX resource_emails_lookup ON resource_emails(tenant_id, email);
+    CREATE INDEX resource_emails_owner ON resource_emails(resource_seq);
+
+    CREATE TABLE group_members (
+        group_seq  INTEGER NOT NULL REFERENCES resources(seq) ON DELETE CASCADE,
+        member_seq INTEGER NOT NULL REFERENCES resources(seq) ON DELETE CASCADE,
+        PRIMARY KEY (group_seq, member_seq)
+    ) WITHOUT ROWID;
+    CREATE INDEX group_members_member ON group_members(member_seq);
+
+    -- The outbox: one row per acknowledged change, in acknowledgement order. Replay reads it.
+    CREATE TABLE journal (
+        seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+        tenant_id       INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        resource_id     TEXT NOT NULL,
+        op              TEXT NOT NULL CHECK (op IN ('create', 'replace', 'patch', 'delete')),
+        request_id      TEXT NOT NULL,
+        state           TEXT,                -- the resource after the change (before it, for a delete)
+        members_added   TEXT,                -- JSON array of member ids (groups)
+        members_removed TEXT,
+        version         INTEGER NOT NULL,
+        created         TEXT NOT NULL
+    );
+    CREATE INDEX journal_resource ON journal(tenant_id, resource_id, seq);
+    "#,
+];
+
+/// Brings the database to the latest schema version.
+///
+/// # Errors
+/// A database error, or a database written by a newer scim-bridge (refused rather than misread).
+pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let latest = MIGRATIONS.len() as i64;
+    if current > latest {
+        return Err(MigrationError::TooNew { found: current, known: latest });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "staging schema migrated");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+fn latest_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error(transparent)]
+    Db(#[from] rusqlite::Error),
+    #[error("the staging database is at schema version {found}, newer than this scim-bridge knows ({known}); upgrade scim-bridge")]
+    TooNew { found: i64, known: i64 },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_from_empty_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, latest_version());
+        assert_eq!(latest_version(), 1);
+        migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));
+    }
+}

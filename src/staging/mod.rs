@@ -1,0 +1,235 @@
+//! Staging: the durable SQLite store between the SCIM endpoint and replay. It holds the desired state of
+//! every resource and the journal (outbox) of acknowledged changes. One writer thread owns the write
+//! connection and commits concurrent requests together (group commit); readers use a small pool.
+
+mod migrations;
+mod read;
+mod tenants;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags};
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::scim::error::ScimError;
+use crate::scim::patch::PatchOp;
+use crate::scim::schema::Kind;
+
+pub use migrations::MigrationError;
+pub use read::{Lookup, Page};
+pub use tenants::{Tenant, generate_token, hash_token, list_tenants, rotate_token, tenant_names};
+
+/// A tenant: one IdP connection with its own token and its own resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TenantId(pub i64);
+
+/// The sequence number of a journal entry; replay applies entries of one resource in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChangeSeq(pub i64);
+
+/// A resource as staged.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub kind: Kind,
+    pub id: String,
+    /// The normalised document without `id`, `meta` and (for groups) `members`.
+    pub doc: Map<String, Value>,
+    /// Group members, when they were asked for.
+    pub members: Option<Vec<Member>>,
+    pub version: i64,
+    pub created: String,
+    pub last_modified: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub id: String,
+    pub kind: Kind,
+    pub display: Option<String>,
+}
+
+/// A change to stage. Bodies are already normalised and validated by the SCIM layer; PATCH operations are
+/// applied here, by the single writer, so that read-modify-write cannot interleave.
+#[derive(Debug)]
+pub enum Change {
+    Create { kind: Kind, doc: Map<String, Value> },
+    Replace { kind: Kind, id: String, doc: Map<String, Value>, if_match: Option<String> },
+    Patch { kind: Kind, id: String, ops: Vec<PatchOp>, if_match: Option<String> },
+    Delete { kind: Kind, id: String, if_match: Option<String> },
+}
+
+#[derive(Debug)]
+pub struct Committed {
+    pub seq: ChangeSeq,
+    /// The resource after the change; None after a delete.
+    pub resource: Option<Stored>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    /// The request itself is wrong (conflict, not found, invalid value): answered to the client as is.
+    #[error(transparent)]
+    Rejected(#[from] ScimError),
+    #[error("staging database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Migration(#[from] MigrationError),
+    #[error("cannot open staging database {path}: {source}")]
+    Open { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot create the staging directory {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("staging commit failed: {0}")]
+    Commit(String),
+    #[error("the staging writer has stopped")]
+    Closed,
+    #[error("staging worker failed: {0}")]
+    Join(String),
+}
+
+pub(crate) struct WriteRequest {
+    tenant: TenantId,
+    request_id: String,
+    strict: bool,
+    change: Change,
+    reply: oneshot::Sender<Result<Committed, StagingError>>,
+}
+
+/// Handle to the staging store; cheap to clone.
+#[derive(Clone)]
+pub struct Staging {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<WriterMsg>,
+    readers: Mutex<Vec<Connection>>,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Settings of the staging store.
+#[derive(Debug, Clone)]
+pub struct StagingOptions {
+    /// Most changes committed in one transaction.
+    pub max_batch: usize,
+}
+
+impl Default for StagingOptions {
+    fn default() -> Self {
+        StagingOptions { max_batch: 512 }
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StagingError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StagingError::Open { path: path.to_owned(), source })?;
+    // WAL lets readers run beside the writer; synchronous=FULL fsyncs the WAL on every commit, which is
+    // what makes "acknowledged" mean "durable" (contract point 1).
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl Staging {
+    /// Opens (creating if needed) the staging database, migrates it and starts the writer thread.
+    ///
+    /// # Errors
+    /// The directory or file cannot be created or opened, or the schema is newer than this build.
+    pub fn open(path: &Path, options: StagingOptions) -> Result<Staging, StagingError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StagingError::Dir { path: dir.to_owned(), source })?;
+        }
+        let mut conn = open_connection(path)?;
+        migrations::migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
+        let max_batch = options.max_batch.max(1);
+        let handle = std::thread::Builder::new()
+            .name("staging-writer".into())
+            .spawn(move || writer::run(conn, rx, max_batch))
+            .map_err(|e| StagingError::Join(e.to_string()))?;
+        Ok(Staging {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                writer: tx,
+                readers: Mutex::new(Vec::new()),
+                writer_thread: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stages a change. Returns only after the change and its journal entry are committed and fsynced.
+    ///
+    /// # Errors
+    /// `Rejected` for a request that cannot apply (answered to the client); `Db`/`Closed` otherwise.
+    pub async fn write(
+        &self,
+        tenant: TenantId,
+        request_id: &str,
+        strict: bool,
+        change: Change,
+    ) -> Result<Committed, StagingError> {
+        let (reply, rx) = oneshot::channel();
+        let req = WriteRequest { tenant, request_id: request_id.to_owned(), strict, change, reply };
+        self.inner.writer.send(WriterMsg::Write(req)).await.map_err(|_| StagingError::Closed)?;
+        rx.await.map_err(|_| StagingError::Closed)?
+    }
+
+    /// Runs a read on a pooled connection on the blocking thread pool.
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, StagingError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StagingError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().map_err(|_| StagingError::Join("reader pool poisoned".into()))?.pop();
+            let conn = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = open_connection(&inner.path)?;
+                    c.pragma_update(None, "query_only", "ON")?;
+                    c
+                }
+            };
+            let out = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < 16
+            {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StagingError::Join(e.to_string()))?
+    }
+
+    /// Stops the writer after it has committed everything queued before this call; later writes fail
+    /// with `Closed`. Waits for the writer thread to finish.
+    pub async fn close(&self) {
+        if self.inner.writer.send(WriterMsg::Stop).await.is_err() {
+            return;
+        }
+        let handle = self.inner.writer_thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+pub(crate) enum WriterMsg {
+    Write(WriteRequest),
+    Stop,
+}

@@ -1,0 +1,449 @@
+//! The single staging writer. It takes queued changes in batches, applies each inside a savepoint of one
+//! shared transaction (a rejected change rolls back alone), commits once with fsync, and only then answers
+//! every request of the batch: many concurrent writes share one fsync (group commit) and none is answered
+//! before it is durable.
+
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde_json::{Map, Value, json};
+use tokio::sync::mpsc;
+
+use super::{ChangeSeq, Change, Committed, Member, StagingError, Stored, TenantId, WriteRequest, WriterMsg};
+use crate::scim::error::ScimError;
+use crate::scim::schema::Kind;
+use crate::scim::{self, patch};
+
+pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, max_batch: usize) {
+    let mut stopping = false;
+    while !stopping {
+        let mut batch = match rx.blocking_recv() {
+            Some(WriterMsg::Write(r)) => vec![r],
+            Some(WriterMsg::Stop) | None => break,
+        };
+        // Whatever queued up while the previous commit was syncing goes into this one.
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(WriterMsg::Write(r)) => batch.push(r),
+                Ok(WriterMsg::Stop) => {
+                    stopping = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, batch);
+    }
+    tracing::debug!("staging writer stopped");
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
+    let outcome = (|| {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batch.len());
+        for req in &batch {
+            let sp = tx.savepoint()?;
+            match apply(&sp, req) {
+                Ok(c) => {
+                    sp.commit()?;
+                    results.push(Ok(c));
+                }
+                Err(StagingError::Rejected(e)) => {
+                    drop(sp); // rolls back this change only
+                    results.push(Err(StagingError::Rejected(e)));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        tx.commit()?;
+        Ok::<_, StagingError>(results)
+    })();
+    match outcome {
+        Ok(results) => {
+            for (req, result) in batch.into_iter().zip(results) {
+                // A client that went away still had its change committed; nothing to do about the reply.
+                let _ = req.reply.send(result);
+            }
+        }
+        Err(e) => {
+            // Nothing of this batch was committed, so nothing was acknowledged: clients see a 500 and retry.
+            tracing::error!(error = %e, changes = batch.len(), "staging commit failed; batch rolled back");
+            let msg = e.to_string();
+            for req in batch {
+                let _ = req.reply.send(Err(StagingError::Commit(msg.clone())));
+            }
+        }
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
+/// The columns derived from a document, used for uniqueness and indexed filters.
+struct Keys {
+    name_key: String,
+    display_key: Option<String>,
+    display: Option<String>,
+    external_id: Option<String>,
+    emails: Vec<String>,
+}
+
+fn str_of<'a>(doc: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    doc.get(name).and_then(Value::as_str)
+}
+
+impl Keys {
+    fn of(kind: Kind, doc: &Map<String, Value>) -> Keys {
+        let external_id = str_of(doc, "externalId").map(str::to_owned);
+        match kind {
+            Kind::User => {
+                let user_name = str_of(doc, "userName").unwrap_or_default();
+                let display_name = str_of(doc, "displayName");
+                let mut emails: Vec<String> = doc
+                    .get("emails")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.get("value").and_then(Value::as_str))
+                    .map(str::to_lowercase)
+                    .collect();
+                emails.sort();
+                emails.dedup();
+                Keys {
+                    name_key: user_name.to_lowercase(),
+                    display_key: display_name.map(str::to_lowercase),
+                    display: Some(display_name.unwrap_or(user_name).to_owned()),
+                    external_id,
+                    emails,
+                }
+            }
+            Kind::Group => {
+                let display_name = str_of(doc, "displayName").unwrap_or_default();
+                Keys {
+                    name_key: display_name.to_lowercase(),
+                    display_key: None,
+                    display: Some(display_name.to_owned()),
+                    external_id,
+                    emails: Vec::new(),
+                }
+            }
+        }
+    }
+}
+
+/// The current row of a resource.
+struct Current {
+    seq: i64,
+    doc: Map<String, Value>,
+    version: i64,
+    created: String,
+}
+
+fn load(conn: &Connection, tenant: TenantId, kind: Kind, id: &str) -> Result<Current, StagingError> {
+    let row = conn
+        .prepare_cached(
+            "SELECT seq, body, version, created FROM resources WHERE tenant_id = ?1 AND kind = ?2 AND id = ?3",
+        )?
+        .query_row(params![tenant.0, kind.as_str(), id], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+        })
+        .optional()?;
+    let Some((seq, body, version, created)) = row else {
+        return Err(ScimError::not_found(kind.as_str(), id).into());
+    };
+    let doc = super::read::parse_body(&body)?;
+    Ok(Current { seq, doc, version, created })
+}
+
+/// `If-Match` (RFC 7644 §3.14, RFC 7232 §3.1): `*`, or a list of (weak or strong) tags.
+fn check_if_match(if_match: &Option<String>, version: i64) -> Result<(), ScimError> {
+    let Some(header) = if_match else { return Ok(()) };
+    let ok = header.split(',').map(str::trim).any(|tag| {
+        tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == version.to_string()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ScimError::precondition_failed(format!(
+            "If-Match {header} does not match the current version W/\"{version}\""
+        )))
+    }
+}
+
+fn check_unique(
+    conn: &Connection,
+    tenant: TenantId,
+    kind: Kind,
+    keys: &Keys,
+    doc: &Map<String, Value>,
+    except_seq: Option<i64>,
+) -> Result<(), StagingError> {
+    let taken: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM resources WHERE tenant_id = ?1 AND kind = ?2 AND name_key = ?3")?
+        .query_row(params![tenant.0, kind.as_str(), keys.name_key], |r| r.get(0))
+        .optional()?;
+    match taken {
+        Some(seq) if Some(seq) != except_seq => {
+            let (attr, value) = match kind {
+                Kind::User => ("userName", str_of(doc, "userName")),
+                Kind::Group => ("displayName", str_of(doc, "displayName")),
+            };
+            Err(ScimError::uniqueness(format!(
+                "{attr} {:?} is already used by another {} of this tenant",
+                value.unwrap_or_default(),
+                kind.as_str()
+            ))
+            .into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Resolves the member ids of a group document to staged resources of the same tenant.
+fn resolve_members(
+    conn: &Connection,
+    tenant: TenantId,
+    group_seq: Option<i64>,
+    doc: &Map<String, Value>,
+) -> Result<Vec<(i64, Member)>, StagingError> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, kind, display FROM resources WHERE tenant_id = ?1 AND id = ?2")?;
+    for m in doc.get("members").and_then(Value::as_array).into_iter().flatten() {
+        let Some(id) = m.get("value").and_then(Value::as_str) else {
+            return Err(ScimError::invalid_value("every member needs a \"value\" (the member's id)").into());
+        };
+        if !seen.insert(id.to_owned()) {
+            continue;
+        }
+        let row: Option<(i64, String, Option<String>)> =
+            stmt.query_row(params![tenant.0, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
+        let Some((seq, kind, display)) = row else {
+            return Err(ScimError::invalid_value(format!(
+                "member {id:?} is not a User or Group of this tenant"
+            ))
+            .into());
+        };
+        if Some(seq) == group_seq {
+            return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
+        }
+        let kind = Kind::parse(&kind).unwrap_or(Kind::User);
+        out.push((seq, Member { id: id.to_owned(), kind, display }));
+    }
+    Ok(out)
+}
+
+fn current_members(conn: &Connection, group_seq: i64) -> Result<Vec<(i64, String)>, StagingError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT m.member_seq, r.id FROM group_members m JOIN resources r ON r.seq = m.member_seq
+         WHERE m.group_seq = ?1 ORDER BY m.member_seq",
+    )?;
+    let rows = stmt.query_map([group_seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn write_emails(conn: &Connection, tenant: TenantId, seq: i64, keys: &Keys, replace: bool) -> Result<(), StagingError> {
+    if replace {
+        conn.prepare_cached("DELETE FROM resource_emails WHERE resource_seq = ?1")?.execute([seq])?;
+    }
+    let mut ins =
+        conn.prepare_cached("INSERT INTO resource_emails (resource_seq, tenant_id, email) VALUES (?1, ?2, ?3)")?;
+    for e in &keys.emails {
+        ins.execute(params![seq, tenant.0, e])?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn journal(
+    conn: &Connection,
+    req: &WriteRequest,
+    kind: Kind,
+    id: &str,
+    op: &str,
+    state: &Map<String, Value>,
+    added: &[String],
+    removed: &[String],
+    version: i64,
+    at: &str,
+) -> Result<ChangeSeq, StagingError> {
+    let list = |v: &[String]| if v.is_empty() { None } else { Some(json!(v).to_string()) };
+    conn.prepare_cached(
+        "INSERT INTO journal (tenant_id, kind, resource_id, op, request_id, state, members_added, members_removed, version, created)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        req.tenant.0,
+        kind.as_str(),
+        id,
+        op,
+        req.request_id,
+        Value::Object(state.clone()).to_string(),
+        list(added),
+        list(removed),
+        version,
+        at
+    ])?;
+    Ok(ChangeSeq(conn.last_insert_rowid()))
+}
+
+fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingError> {
+    let tenant = req.tenant;
+    match &req.change {
+        Change::Create { kind, doc } => create(conn, req, *kind, doc.clone()),
+        Change::Replace { kind, id, doc, if_match } => {
+            let cur = load(conn, tenant, *kind, id)?;
+            check_if_match(if_match, cur.version)?;
+            update(conn, req, *kind, id, cur, doc.clone(), "replace")
+        }
+        Change::Patch { kind, id, ops, if_match } => {
+            let cur = load(conn, tenant, *kind, id)?;
+            check_if_match(if_match, cur.version)?;
+            let mut doc = cur.doc.clone();
+            if *kind == Kind::Group {
+                let members: Vec<Value> =
+                    current_members(conn, cur.seq)?.into_iter().map(|(_, id)| json!({ "value": id })).collect();
+                if !members.is_empty() {
+                    doc.insert("members".into(), Value::Array(members));
+                }
+            }
+            patch::apply(*kind, &mut doc, ops, req.strict)?;
+            scim::validate(*kind, &doc)?;
+            update(conn, req, *kind, id, cur, doc, "patch")
+        }
+        Change::Delete { kind, id, if_match } => {
+            let cur = load(conn, tenant, *kind, id)?;
+            check_if_match(if_match, cur.version)?;
+            conn.prepare_cached("DELETE FROM resources WHERE seq = ?1")?.execute([cur.seq])?;
+            let seq = journal(conn, req, *kind, id, "delete", &cur.doc, &[], &[], cur.version + 1, &now())?;
+            Ok(Committed { seq, resource: None })
+        }
+    }
+}
+
+fn create(conn: &Connection, req: &WriteRequest, kind: Kind, mut doc: Map<String, Value>) -> Result<Committed, StagingError> {
+    let tenant = req.tenant;
+    let keys = Keys::of(kind, &doc);
+    check_unique(conn, tenant, kind, &keys, &doc, None)?;
+    let members = if kind == Kind::Group { resolve_members(conn, tenant, None, &doc)? } else { Vec::new() };
+    doc.remove("members");
+    let id = uuid::Uuid::new_v4().to_string();
+    let at = now();
+    conn.prepare_cached(
+        "INSERT INTO resources (tenant_id, kind, id, name_key, display_key, external_id, display, body, version, created, last_modified)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 1, ?9, ?9)",
+    )?
+    .execute(params![
+        tenant.0,
+        kind.as_str(),
+        id,
+        keys.name_key,
+        keys.display_key,
+        keys.external_id,
+        keys.display,
+        Value::Object(doc.clone()).to_string(),
+        at
+    ])?;
+    let seq = conn.last_insert_rowid();
+    write_emails(conn, tenant, seq, &keys, false)?;
+    let mut ins = conn.prepare_cached("INSERT INTO group_members (group_seq, member_seq) VALUES (?1, ?2)")?;
+    for (mseq, _) in &members {
+        ins.execute([seq, *mseq])?;
+    }
+    let added: Vec<String> = members.iter().map(|(_, m)| m.id.clone()).collect();
+    let change = journal(conn, req, kind, &id, "create", &doc, &added, &[], 1, &at)?;
+    let members = (kind == Kind::Group).then(|| members.into_iter().map(|(_, m)| m).collect());
+    Ok(Committed {
+        seq: change,
+        resource: Some(Stored { kind, id, doc, members, version: 1, created: at.clone(), last_modified: at }),
+    })
+}
+
+fn update(
+    conn: &Connection,
+    req: &WriteRequest,
+    kind: Kind,
+    id: &str,
+    cur: Current,
+    mut doc: Map<String, Value>,
+    op: &str,
+) -> Result<Committed, StagingError> {
+    let tenant = req.tenant;
+    let keys = Keys::of(kind, &doc);
+    check_unique(conn, tenant, kind, &keys, &doc, Some(cur.seq))?;
+    let mut added = Vec::new();
+    let mut removed = Vec::new();
+    let mut members_out = None;
+    if kind == Kind::Group {
+        let wanted = resolve_members(conn, tenant, Some(cur.seq), &doc)?;
+        let have = current_members(conn, cur.seq)?;
+        let wanted_seqs: HashSet<i64> = wanted.iter().map(|(s, _)| *s).collect();
+        let have_seqs: HashSet<i64> = have.iter().map(|(s, _)| *s).collect();
+        let mut del = conn.prepare_cached("DELETE FROM group_members WHERE group_seq = ?1 AND member_seq = ?2")?;
+        for (s, mid) in &have {
+            if !wanted_seqs.contains(s) {
+                del.execute([cur.seq, *s])?;
+                removed.push(mid.clone());
+            }
+        }
+        let mut ins = conn.prepare_cached("INSERT INTO group_members (group_seq, member_seq) VALUES (?1, ?2)")?;
+        for (s, m) in &wanted {
+            if !have_seqs.contains(s) {
+                ins.execute([cur.seq, *s])?;
+                added.push(m.id.clone());
+            }
+        }
+        members_out = Some(wanted.into_iter().map(|(_, m)| m).collect());
+    }
+    doc.remove("members");
+    let version = cur.version + 1;
+    let at = now();
+    conn.prepare_cached(
+        "UPDATE resources SET name_key = ?2, display_key = ?3, external_id = ?4, display = ?5, body = ?6,
+                version = ?7, last_modified = ?8 WHERE seq = ?1",
+    )?
+    .execute(params![
+        cur.seq,
+        keys.name_key,
+        keys.display_key,
+        keys.external_id,
+        keys.display,
+        Value::Object(doc.clone()).to_string(),
+        version,
+        at
+    ])?;
+    if kind == Kind::User {
+        write_emails(conn, tenant, cur.seq, &keys, true)?;
+    }
+    let seq = journal(conn, req, kind, id, op, &doc, &added, &removed, version, &at)?;
+    Ok(Committed {
+        seq,
+        resource: Some(Stored {
+            kind,
+            id: id.to_owned(),
+            doc,
+            members: members_out,
+            version,
+            created: cur.created,
+            last_modified: at,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_accepts_weak_strong_and_star() {
+        assert!(check_if_match(&None, 3).is_ok());
+        assert!(check_if_match(&Some("W/\"3\"".into()), 3).is_ok());
+        assert!(check_if_match(&Some("\"3\"".into()), 3).is_ok());
+        assert!(check_if_match(&Some("*".into()), 3).is_ok());
+        assert!(check_if_match(&Some("W/\"1\", W/\"3\"".into()), 3).is_ok());
+        let e = check_if_match(&Some("W/\"2\"".into()), 3).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::PRECONDITION_FAILED);
+    }
+}
