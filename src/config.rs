@@ -66,7 +66,10 @@ pub struct StagingConfig {
 
 impl Default for StagingConfig {
     fn default() -> Self {
-        StagingConfig { path: PathBuf::from("scim-bridge-data/staging.db"), max_batch: StagingOptions::default().max_batch }
+        StagingConfig {
+            path: PathBuf::from("scim-bridge-data/staging.db"),
+            max_batch: StagingOptions::default().max_batch,
+        }
     }
 }
 
@@ -104,7 +107,8 @@ impl Config {
     /// The file cannot be read, is not valid TOML, has an unknown key, or a value fails validation; the
     /// message names the key.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
             other => other,
@@ -127,8 +131,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         self.listen_addr()?;
-        if !s.base_path.starts_with('/') || s.base_path.contains(char::is_whitespace) || s.base_path.contains(['?', '#', '{', '}']) {
-            return Err(invalid("server.base_path", format!("{:?} must be a URL path starting with '/', e.g. \"/scim/v2\"", s.base_path)));
+        if !s.base_path.starts_with('/')
+            || s.base_path.contains(char::is_whitespace)
+            || s.base_path.contains(['?', '#', '{', '}'])
+        {
+            return Err(invalid(
+                "server.base_path",
+                format!("{:?} must be a URL path starting with '/', e.g. \"/scim/v2\"", s.base_path),
+            ));
         }
         if let Some(u) = &s.public_url
             && !(u.starts_with("https://") || u.starts_with("http://"))
@@ -162,7 +172,10 @@ impl Config {
     /// `server.listen` is not an `address:port`.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.server.listen.parse().map_err(|_| {
-            invalid("server.listen", format!("{:?} is not an address:port such as \"127.0.0.1:7644\"", self.server.listen))
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address:port such as \"127.0.0.1:7644\"", self.server.listen),
+            )
         })
     }
 

@@ -42,7 +42,9 @@ fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only on a terminal: under systemd, escape codes would land in the journal.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn main() -> ExitCode {
@@ -64,7 +66,9 @@ fn main() -> ExitCode {
 fn check_config(path: &Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(path)?;
     match path {
-        Some(p) => println!("{}: OK (listen {}, staging {})", p.display(), config.server.listen, config.staging.path.display()),
+        Some(p) => {
+            println!("{}: OK (listen {}, staging {})", p.display(), config.server.listen, config.staging.path.display())
+        }
         None => println!("no config file given: the embedded default is valid"),
     }
     Ok(())
@@ -82,7 +86,8 @@ fn token(path: &Option<PathBuf>, tenant: &str) -> anyhow::Result<()> {
 fn serve(path: &Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(path)?;
     init_logging(&config.log.level);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("while starting the runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("while starting the runtime")?;
     runtime.block_on(run(config, path.is_none()))
 }
 
@@ -104,7 +109,8 @@ async fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
     if tenants.is_empty() {
         tracing::warn!("no tenant has a token yet: every request will be refused; run `scim-bridge token <tenant>`");
     }
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("while binding {addr} (server.listen)"))?;
+    let listener =
+        tokio::net::TcpListener::bind(addr).await.with_context(|| format!("while binding {addr} (server.listen)"))?;
     let local = listener.local_addr()?;
     let base = config.server.base_path.trim_end_matches('/');
     println!("scim-bridge listening on http://{local}{base}");

@@ -85,22 +85,14 @@ impl ScimError {
         Self::new(StatusCode::PRECONDITION_FAILED, None, detail)
     }
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            None,
-            format!("request body exceeds the limit of {limit} bytes"),
-        )
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, None, format!("request body exceeds the limit of {limit} bytes"))
     }
     pub fn method_not_allowed(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::METHOD_NOT_ALLOWED, None, detail)
     }
     /// Internal failures: the cause is logged by the caller; the client learns only that it may retry.
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            None,
-            "internal error; the change was not stored, retry later",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, None, "internal error; the change was not stored, retry later")
     }
     pub fn unavailable() -> Self {
         Self::new(
@@ -130,10 +122,7 @@ impl IntoResponse for ScimError {
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"scim-bridge\""),
-            );
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"scim-bridge\""));
         }
         response
     }

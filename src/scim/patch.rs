@@ -72,6 +72,17 @@ fn parse_op(i: usize, op: &Value) -> Result<PatchOp, ScimError> {
             return Err(ScimError::invalid_path(format!("operation {i}: path must be a string, got {other}")));
         }
     };
+    let mut value = filter::get_ci(op, "value").cloned();
+    // A path that is a whole extension schema (`urn:…:enterprise:2.0:User`) addresses its attributes; it is
+    // the same as a path-less operation whose value is keyed by that URN.
+    if let Some(urn) = raw_path.as_deref().filter(|p| p.eq_ignore_ascii_case(schema::ENTERPRISE_SCHEMA)) {
+        if kind == OpKind::Remove {
+            return Err(ScimError::invalid_path(format!("operation {i}: remove the attributes of {urn} one by one")));
+        }
+        let mut wrapped = Map::new();
+        wrapped.insert(schema::ENTERPRISE_SCHEMA.to_owned(), value.take().unwrap_or(Value::Null));
+        return Ok(PatchOp { op: kind, path: None, raw_path, value: Some(Value::Object(wrapped)) });
+    }
     let path = match &raw_path {
         None => None,
         Some(p) => Some(
@@ -79,11 +90,75 @@ fn parse_op(i: usize, op: &Value) -> Result<PatchOp, ScimError> {
                 .map_err(|e| ScimError::invalid_path(format!("operation {i}: invalid path {p:?}: {e}")))?,
         ),
     };
-    let value = filter::get_ci(op, "value").cloned();
     if kind != OpKind::Remove && value.is_none() {
         return Err(ScimError::invalid_syntax(format!("operation {i} ({name}) needs a \"value\"")));
     }
     Ok(PatchOp { op: kind, path, raw_path, value })
+}
+
+/// One membership change named by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberEdit {
+    Add(String),
+    Remove(String),
+}
+
+fn is_members(p: &PatchPath) -> bool {
+    p.attr.attr.eq_ignore_ascii_case("members")
+        && p.attr.sub.is_none()
+        && p.attr.schema.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(schema::GROUP_SCHEMA))
+}
+
+fn member_ids(v: &Value) -> Option<Vec<String>> {
+    let items: Vec<&Value> = match v {
+        Value::Array(a) => a.iter().collect(),
+        Value::Object(_) => vec![v],
+        _ => return None,
+    };
+    items.into_iter().map(|m| filter::get_ci(m, "value").and_then(Value::as_str).map(str::to_owned)).collect()
+}
+
+/// Splits a group PATCH into membership edits by id and the remaining operations, when every operation
+/// that touches `members` adds listed members or removes listed ones (`members[value eq "…"]`, or
+/// `path: "members"` with a value list). The writer then changes only those rows instead of reading and
+/// rewriting the whole membership, which matters for groups of many thousands. Returns None when an
+/// operation needs the whole set (replace members, remove all members, other filters).
+pub fn split_member_edits(ops: &[PatchOp]) -> Option<(Vec<PatchOp>, Vec<MemberEdit>)> {
+    let mut rest = Vec::new();
+    let mut edits = Vec::new();
+    for op in ops {
+        match &op.path {
+            Some(p) if is_members(p) => match (&p.filter, op.op, &p.sub_after_filter) {
+                (None, OpKind::Add, _) => {
+                    edits.extend(member_ids(op.value.as_ref()?)?.into_iter().map(MemberEdit::Add))
+                }
+                (None, OpKind::Remove, _) => {
+                    let v = op.value.as_ref().filter(|v| !v.is_null())?;
+                    edits.extend(member_ids(v)?.into_iter().map(MemberEdit::Remove));
+                }
+                (Some(Filter::Compare(a, CompareOp::Eq, Value::String(id))), OpKind::Remove, None)
+                    if a.schema.is_none() && a.sub.is_none() && a.attr.eq_ignore_ascii_case("value") =>
+                {
+                    edits.push(MemberEdit::Remove(id.clone()));
+                }
+                _ => return None,
+            },
+            Some(_) => rest.push(op.clone()),
+            None => {
+                let touches = op.value.as_ref().and_then(Value::as_object).is_some_and(|o| {
+                    o.keys().any(|k| {
+                        let (_, name, _) = schema::split_key(k);
+                        name.eq_ignore_ascii_case("members")
+                    })
+                });
+                if touches {
+                    return None;
+                }
+                rest.push(op.clone());
+            }
+        }
+    }
+    Some((rest, edits))
 }
 
 /// Applies operations in order to `doc` (a normalised stored document; for groups including `members`).
@@ -144,7 +219,9 @@ fn apply_pathless(
             for (ek, ev) in ext {
                 match schema::find(attrs, ek) {
                     Some(a) => set_attr(doc, Resolved { extension: Some(urn), attr: a, sub: None }, op, ev, strict)?,
-                    None if strict => return Err(ScimError::invalid_path(format!("unknown attribute {ek:?} in {urn}"))),
+                    None if strict => {
+                        return Err(ScimError::invalid_path(format!("unknown attribute {ek:?} in {urn}")));
+                    }
                     None => {}
                 }
             }
@@ -212,7 +289,12 @@ fn set_attr(doc: &mut Map<String, Value>, r: Resolved, op: OpKind, v: &Value, st
     Ok(())
 }
 
-fn remove_attr(doc: &mut Map<String, Value>, r: Resolved, value: Option<&Value>, strict: bool) -> Result<(), ScimError> {
+fn remove_attr(
+    doc: &mut Map<String, Value>,
+    r: Resolved,
+    value: Option<&Value>,
+    strict: bool,
+) -> Result<(), ScimError> {
     let a = r.attr;
     let target = schema::container(doc, r.extension);
     match r.sub {
@@ -267,9 +349,10 @@ fn apply_filtered(
     }
     let sub: Option<&Attr> = match sub_name {
         None => None,
-        Some(n) => Some(schema::find(a.sub, n).ok_or_else(|| {
-            ScimError::invalid_path(format!("unknown sub-attribute {n:?} of {:?}", a.name))
-        })?),
+        Some(n) => Some(
+            schema::find(a.sub, n)
+                .ok_or_else(|| ScimError::invalid_path(format!("unknown sub-attribute {n:?} of {:?}", a.name)))?,
+        ),
     };
     if sub.is_some_and(|s| s.mutability == Mutability::ReadOnly) {
         return Err(ScimError::mutability(format!("sub-attribute {:?} is read-only", sub_name.unwrap_or_default())));
@@ -365,7 +448,11 @@ fn same_value(a: &Attr, x: &Value, y: &Value) -> bool {
     let value_attr = schema::find(a.sub, "value");
     match (value_attr, x.get("value"), y.get("value")) {
         (Some(va), Some(Value::String(p)), Some(Value::String(q))) => {
-            if va.case_exact { p == q } else { p.to_lowercase() == q.to_lowercase() }
+            if va.case_exact {
+                p == q
+            } else {
+                p.to_lowercase() == q.to_lowercase()
+            }
         }
         _ => x == y,
     }
@@ -405,7 +492,12 @@ mod tests {
 
     #[test]
     fn entra_replace_active_string() {
-        let d = run(Kind::User, json!({"userName": "a", "active": true}), ops(json!([{"op": "Replace", "path": "active", "value": "False"}]))).unwrap();
+        let d = run(
+            Kind::User,
+            json!({"userName": "a", "active": true}),
+            ops(json!([{"op": "Replace", "path": "active", "value": "False"}])),
+        )
+        .unwrap();
         assert_eq!(d["active"], json!(false));
     }
 
@@ -429,10 +521,18 @@ mod tests {
     #[test]
     fn members_add_and_remove_dialects() {
         let g = json!({"displayName": "G"});
-        let g = run(Kind::Group, g, ops(json!([{"op": "Add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}, {"value": "u3"}]}]))).unwrap();
+        let g = run(
+            Kind::Group,
+            g,
+            ops(
+                json!([{"op": "Add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}, {"value": "u3"}]}]),
+            ),
+        )
+        .unwrap();
         assert_eq!(g["members"].as_array().unwrap().len(), 3);
         let g = run(Kind::Group, g, ops(json!([{"op": "Remove", "path": "members[value eq \"u2\"]"}]))).unwrap();
-        let g = run(Kind::Group, g, ops(json!([{"op": "Remove", "path": "members", "value": [{"value": "u1"}]}]))).unwrap();
+        let g =
+            run(Kind::Group, g, ops(json!([{"op": "Remove", "path": "members", "value": [{"value": "u1"}]}]))).unwrap();
         assert_eq!(g["members"], json!([{"value": "u3"}]));
         let g = run(Kind::Group, g, ops(json!([{"op": "Remove", "path": "members"}]))).unwrap();
         assert!(g.get("members").is_none());
@@ -440,9 +540,19 @@ mod tests {
 
     #[test]
     fn filtered_add_creates_missing_element() {
-        let d = run(Kind::User, json!({"userName": "a"}), ops(json!([{"op": "Add", "path": "emails[type eq \"work\"].value", "value": "a@x.com"}]))).unwrap();
+        let d = run(
+            Kind::User,
+            json!({"userName": "a"}),
+            ops(json!([{"op": "Add", "path": "emails[type eq \"work\"].value", "value": "a@x.com"}])),
+        )
+        .unwrap();
         assert_eq!(d["emails"], json!([{"type": "work", "value": "a@x.com"}]));
-        let d = run(Kind::User, d, ops(json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "b@x.com"}]))).unwrap();
+        let d = run(
+            Kind::User,
+            d,
+            ops(json!([{"op": "replace", "path": "emails[type eq \"work\"].value", "value": "b@x.com"}])),
+        )
+        .unwrap();
         assert_eq!(d["emails"], json!([{"type": "work", "value": "b@x.com"}]));
     }
 
@@ -454,9 +564,11 @@ mod tests {
 
     #[test]
     fn unknown_op_and_readonly_path_rejected() {
-        let e = run(Kind::User, json!({"userName": "a"}), ops(json!([{"op": "merge", "path": "title", "value": "x"}]))).unwrap_err();
+        let e = run(Kind::User, json!({"userName": "a"}), ops(json!([{"op": "merge", "path": "title", "value": "x"}])))
+            .unwrap_err();
         assert!(e.detail.contains("merge"));
-        let e = run(Kind::User, json!({"userName": "a"}), ops(json!([{"op": "replace", "path": "id", "value": "x"}]))).unwrap_err();
+        let e = run(Kind::User, json!({"userName": "a"}), ops(json!([{"op": "replace", "path": "id", "value": "x"}])))
+            .unwrap_err();
         assert_eq!(e.scim_type, Some(crate::scim::error::ScimType::Mutability));
     }
 
@@ -466,8 +578,55 @@ mod tests {
         assert_eq!(d[ENTERPRISE_SCHEMA]["manager"], json!({"value": "m1"}));
         let d = run(Kind::User, d, ops(json!([{"op": "Replace", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager", "value": [{"value": "m2"}]}]))).unwrap();
         assert_eq!(d[ENTERPRISE_SCHEMA]["manager"], json!({"value": "m2"}));
-        let d = run(Kind::User, d, ops(json!([{"op": "Remove", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"}]))).unwrap();
+        let d = run(
+            Kind::User,
+            d,
+            ops(
+                json!([{"op": "Remove", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:manager"}]),
+            ),
+        )
+        .unwrap();
         assert!(d.get(ENTERPRISE_SCHEMA).is_none());
+    }
+
+    #[test]
+    fn member_edits_split_off() {
+        let parsed = parse_request(&ops(json!([
+            {"op": "Add", "path": "members", "value": [{"value": "u1"}, {"value": "u2"}]},
+            {"op": "Remove", "path": "members[value eq \"u3\"]"},
+            {"op": "remove", "path": "members", "value": [{"value": "u4"}]},
+            {"op": "replace", "path": "displayName", "value": "New"},
+        ])))
+        .unwrap();
+        let (rest, edits) = split_member_edits(&parsed).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(
+            edits,
+            ["u1", "u2"]
+                .map(|s| MemberEdit::Add(s.into()))
+                .into_iter()
+                .chain(["u3", "u4"].map(|s| MemberEdit::Remove(s.into())))
+                .collect::<Vec<_>>()
+        );
+        for needs_whole_set in [
+            json!([{"op": "replace", "path": "members", "value": [{"value": "u1"}]}]),
+            json!([{"op": "remove", "path": "members"}]),
+            json!([{"op": "replace", "value": {"members": [{"value": "u1"}]}}]),
+            json!([{"op": "remove", "path": "members[display eq \"x\"]"}]),
+        ] {
+            assert!(split_member_edits(&parse_request(&ops(needs_whole_set)).unwrap()).is_none());
+        }
+    }
+
+    #[test]
+    fn whole_extension_path() {
+        let d = run(
+            Kind::User,
+            json!({"userName": "a"}),
+            ops(json!([{"op": "add", "path": ENTERPRISE_SCHEMA, "value": {"department": "Ops"}}])),
+        )
+        .unwrap();
+        assert_eq!(d[ENTERPRISE_SCHEMA]["department"], json!("Ops"));
     }
 
     #[test]

@@ -130,9 +130,9 @@ fn copy(from: &Map<String, Value>, to: &mut Map<String, Value>, r: &Resolved) {
                 Some(v) => json!({ sub.name: v }),
                 None => return,
             },
-            Value::Array(items) => Value::Array(
-                items.iter().filter_map(|i| i.get(sub.name).map(|v| json!({ sub.name: v }))).collect(),
-            ),
+            Value::Array(items) => {
+                Value::Array(items.iter().filter_map(|i| i.get(sub.name).map(|v| json!({ sub.name: v }))).collect())
+            }
             _ => return,
         },
     };
@@ -226,7 +226,12 @@ mod tests {
 
     #[test]
     fn excluded_attributes_never_drop_id() {
-        let p = Projection::parse(Kind::User, None, Some("id,name,emails.type,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department")).unwrap();
+        let p = Projection::parse(
+            Kind::User,
+            None,
+            Some("id,name,emails.type,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"),
+        )
+        .unwrap();
         let r = p.apply(render(&stored(), "http://h"));
         assert_eq!(r["id"], json!("u1"));
         assert!(r.get("name").is_none());

@@ -97,18 +97,28 @@ fn collection(kind: Kind) -> MethodRouter<AppState> {
 }
 
 fn item(kind: Kind) -> MethodRouter<AppState> {
-    get(move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, q: Query<Vec<(String, String)>>, h: HeaderMap| {
-        get_one(s, c, p, q, h, kind)
-    })
+    get(
+        move |s: State<AppState>,
+              c: axum::Extension<Ctx>,
+              p: Path<String>,
+              q: Query<Vec<(String, String)>>,
+              h: HeaderMap| { get_one(s, c, p, q, h, kind) },
+    )
     .put(
-        move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, q: Query<Vec<(String, String)>>, h: HeaderMap, b: Body| {
-            replace(s, c, p, q, h, b, kind)
-        },
+        move |s: State<AppState>,
+              c: axum::Extension<Ctx>,
+              p: Path<String>,
+              q: Query<Vec<(String, String)>>,
+              h: HeaderMap,
+              b: Body| { replace(s, c, p, q, h, b, kind) },
     )
     .patch(
-        move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, q: Query<Vec<(String, String)>>, h: HeaderMap, b: Body| {
-            patch_one(s, c, p, q, h, b, kind)
-        },
+        move |s: State<AppState>,
+              c: axum::Extension<Ctx>,
+              p: Path<String>,
+              q: Query<Vec<(String, String)>>,
+              h: HeaderMap,
+              b: Body| { patch_one(s, c, p, q, h, b, kind) },
     )
     .delete(move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, h: HeaderMap| delete(s, c, p, h, kind))
     .fallback(|| async { ScimError::method_not_allowed("use GET, PUT, PATCH or DELETE on a resource") })
@@ -200,10 +210,8 @@ async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Valu
             ));
         }
     }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ScimError::payload_too_large(limit));
     }
@@ -284,12 +292,17 @@ async fn list(
     };
     let number = |name: &str| -> Result<Option<i64>, ScimError> {
         param(&q, name)
-            .map(|v| v.trim().parse::<i64>().map_err(|_| ScimError::invalid_value(format!("{name} must be an integer, got {v:?}"))))
+            .map(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .map_err(|_| ScimError::invalid_value(format!("{name} must be an integer, got {v:?}")))
+            })
             .transpose()
     };
     // RFC 7644 §3.4.2.4: startIndex below 1 is read as 1, a negative count as 0.
     let start = number("startIndex")?.unwrap_or(1).max(1) as usize;
-    let count = number("count")?.map(|c| c.max(0) as usize).unwrap_or(settings.default_page_size).min(settings.max_page_size);
+    let count =
+        number("count")?.map(|c| c.max(0) as usize).unwrap_or(settings.default_page_size).min(settings.max_page_size);
     let projection = Projection::parse(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
     let with_members = kind == Kind::Group && projection.wants("members");
     let page = state

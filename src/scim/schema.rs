@@ -131,11 +131,8 @@ const META_SUB: &[Attr] = &[
     Attr { case_exact: true, ..attr("version", Ty::String, "The version (weak ETag) of the resource.") },
 ];
 
-pub const META: Attr = Attr {
-    mutability: Mutability::ReadOnly,
-    sub: META_SUB,
-    ..attr("meta", Ty::Complex, "Resource metadata.")
-};
+pub const META: Attr =
+    Attr { mutability: Mutability::ReadOnly, sub: META_SUB, ..attr("meta", Ty::Complex, "Resource metadata.") };
 
 pub const USER_ATTRS: &[Attr] = &[
     Attr {
@@ -199,11 +196,7 @@ const MEMBER: &[Attr] = &[
 ];
 
 pub const GROUP_ATTRS: &[Attr] = &[
-    Attr {
-        required: true,
-        unique: true,
-        ..attr("displayName", Ty::String, "A human-readable name for the group.")
-    },
+    Attr { required: true, unique: true, ..attr("displayName", Ty::String, "A human-readable name for the group.") },
     multi("members", MEMBER, "The members of the group."),
 ];
 
@@ -270,36 +263,31 @@ pub struct Resolved {
 
 /// Resolves `[schema:]attr[.sub]` case-insensitively for a resource kind. `id`, `externalId` and `meta` are
 /// common attributes (RFC 7643 §3.1) and resolve for both kinds.
-pub fn resolve(
-    kind: Kind,
-    schema: Option<&str>,
-    attr_name: &str,
-    sub: Option<&str>,
-) -> Result<Resolved, ScimError> {
+pub fn resolve(kind: Kind, schema: Option<&str>, attr_name: &str, sub: Option<&str>) -> Result<Resolved, ScimError> {
     let (extension, attrs): (Option<&'static str>, &'static [Attr]) = match schema {
         None => (None, kind.core_attrs()),
         Some(s) if s.eq_ignore_ascii_case(kind.core_schema()) => (None, kind.core_attrs()),
         Some(s) => match kind.extensions().iter().find(|(urn, _)| urn.eq_ignore_ascii_case(s)) {
             Some((urn, attrs)) => (Some(*urn), *attrs),
             None => {
-                return Err(ScimError::invalid_path(format!(
-                    "unknown schema {s:?} for {} resources",
-                    kind.as_str()
-                )));
+                return Err(ScimError::invalid_path(format!("unknown schema {s:?} for {} resources", kind.as_str())));
             }
         },
     };
     let common = [&ID, &EXTERNAL_ID, &META];
     let attr = find(attrs, attr_name)
-        .or_else(|| if extension.is_none() { common.into_iter().find(|a| a.name.eq_ignore_ascii_case(attr_name)) } else { None })
+        .or_else(|| {
+            if extension.is_none() { common.into_iter().find(|a| a.name.eq_ignore_ascii_case(attr_name)) } else { None }
+        })
         .ok_or_else(|| {
             ScimError::invalid_path(format!("unknown attribute {attr_name:?} for {} resources", kind.as_str()))
         })?;
     let sub = match sub {
         None => None,
-        Some(name) => Some(find(attr.sub, name).ok_or_else(|| {
-            ScimError::invalid_path(format!("unknown sub-attribute {name:?} of {:?}", attr.name))
-        })?),
+        Some(name) => Some(
+            find(attr.sub, name)
+                .ok_or_else(|| ScimError::invalid_path(format!("unknown sub-attribute {name:?} of {:?}", attr.name)))?,
+        ),
     };
     Ok(Resolved { extension, attr, sub })
 }
@@ -349,10 +337,9 @@ pub fn normalize_value(a: &Attr, v: &Value, strict: bool) -> Result<Option<Value
             Some(first) => normalize_single(a, first, strict),
             None => Ok(None),
         },
-        Value::Array(_) => Err(ScimError::invalid_value(format!(
-            "attribute {:?} is single-valued but an array was given",
-            a.name
-        ))),
+        Value::Array(_) => {
+            Err(ScimError::invalid_value(format!("attribute {:?} is single-valued but an array was given", a.name)))
+        }
         other => normalize_single(a, other, strict),
     }
 }
@@ -361,9 +348,7 @@ fn normalize_single(a: &Attr, v: &Value, strict: bool) -> Result<Option<Value>, 
     if v.is_null() {
         return Ok(None);
     }
-    let wrong = |what: &str| {
-        Err(ScimError::invalid_value(format!("attribute {:?} must be {what}, got {v}", a.name)))
-    };
+    let wrong = |what: &str| Err(ScimError::invalid_value(format!("attribute {:?} must be {what}, got {v}", a.name)));
     match a.ty {
         Ty::Complex => match v {
             Value::Object(obj) => {
@@ -665,8 +650,7 @@ mod tests {
 
     #[test]
     fn strict_mode_names_unknown_attribute() {
-        let e = normalize_resource(Kind::User, &json!({"userName": "a", "favouriteColour": "red"}), true)
-            .unwrap_err();
+        let e = normalize_resource(Kind::User, &json!({"userName": "a", "favouriteColour": "red"}), true).unwrap_err();
         assert!(e.detail.contains("favouriteColour"), "{}", e.detail);
     }
 

@@ -97,7 +97,9 @@ fn latest_version() -> i64 {
 pub enum MigrationError {
     #[error(transparent)]
     Db(#[from] rusqlite::Error),
-    #[error("the staging database is at schema version {found}, newer than this scim-bridge knows ({known}); upgrade scim-bridge")]
+    #[error(
+        "the staging database is at schema version {found}, newer than this scim-bridge knows ({known}); upgrade scim-bridge"
+    )]
     TooNew { found: i64, known: i64 },
 }
 

@@ -49,6 +49,9 @@ fn resolved_name(kind: Kind, p: &AttrPath) -> Option<(&'static str, Option<&'sta
 /// needs a scan.
 pub fn plan(kind: Kind, f: &Filter) -> Option<Vec<Lookup>> {
     match f {
+        Filter::Compare(p, CompareOp::Eq, Value::Number(n)) => {
+            plan(kind, &Filter::Compare(p.clone(), CompareOp::Eq, Value::String(n.to_string())))
+        }
         Filter::Compare(p, CompareOp::Eq, Value::String(v)) => {
             let lookup = match (kind, resolved_name(kind, p)?) {
                 (_, ("id", None)) => Lookup::Id(v.clone()),
@@ -168,7 +171,9 @@ fn lookup_rows(conn: &Connection, tenant: TenantId, kind: Kind, l: &Lookup) -> R
         Lookup::Name(v) => ("name_key = ?3", v),
         Lookup::Display(v) => ("display_key = ?3", v),
         Lookup::ExternalId(v) => ("external_id = ?3", v),
-        Lookup::Email(v) => ("seq IN (SELECT resource_seq FROM resource_emails WHERE tenant_id = ?1 AND email = ?3)", v),
+        Lookup::Email(v) => {
+            ("seq IN (SELECT resource_seq FROM resource_emails WHERE tenant_id = ?1 AND email = ?3)", v)
+        }
     };
     let q = format!("SELECT {COLUMNS} FROM resources WHERE tenant_id = ?1 AND kind = ?2 AND {sql} ORDER BY seq");
     let mut stmt = conn.prepare_cached(&q)?;
@@ -301,6 +306,7 @@ mod tests {
         assert_eq!(p(Kind::User, "userName eq \"A@X.com\""), Some(vec![Lookup::Name("a@x.com".into())]));
         assert_eq!(p(Kind::User, "USERNAME EQ \"a\""), Some(vec![Lookup::Name("a".into())]));
         assert_eq!(p(Kind::User, "externalId eq jyoung"), Some(vec![Lookup::ExternalId("jyoung".into())]));
+        assert_eq!(p(Kind::User, "externalId eq 12345"), Some(vec![Lookup::ExternalId("12345".into())]));
         assert_eq!(p(Kind::User, "emails[type eq \"work\"].value eq \"A@x\""), Some(vec![Lookup::Email("a@x".into())]));
         assert_eq!(p(Kind::User, "emails.value eq \"a@x\""), Some(vec![Lookup::Email("a@x".into())]));
         assert_eq!(p(Kind::Group, "displayName eq \"Sales\""), Some(vec![Lookup::Name("sales".into())]));

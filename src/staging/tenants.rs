@@ -39,13 +39,7 @@ pub fn validate_tenant_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid tenant name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'"
-        ))
-    }
+    if ok { Ok(()) } else { Err(format!("invalid tenant name {name:?}: use 1 to 64 letters, digits, '-', '_' or '.'")) }
 }
 
 fn now() -> String {
@@ -128,7 +122,7 @@ impl Staging {
     /// # Errors
     /// The database cannot be read.
     pub async fn tenants(&self) -> Result<Vec<Tenant>, StagingError> {
-        self.read(|conn| list_tenants(conn)).await
+        self.read(list_tenants).await
     }
 }
 

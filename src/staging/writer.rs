@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
-use super::{ChangeSeq, Change, Committed, Member, StagingError, Stored, TenantId, WriteRequest, WriterMsg};
+use super::{Change, ChangeSeq, Committed, Member, StagingError, Stored, TenantId, WriteRequest, WriterMsg};
 use crate::scim::error::ScimError;
 use crate::scim::schema::Kind;
 use crate::scim::{self, patch};
@@ -159,9 +159,10 @@ fn load(conn: &Connection, tenant: TenantId, kind: Kind, id: &str) -> Result<Cur
 /// `If-Match` (RFC 7644 §3.14, RFC 7232 §3.1): `*`, or a list of (weak or strong) tags.
 fn check_if_match(if_match: &Option<String>, version: i64) -> Result<(), ScimError> {
     let Some(header) = if_match else { return Ok(()) };
-    let ok = header.split(',').map(str::trim).any(|tag| {
-        tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == version.to_string()
-    });
+    let ok = header
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == version.to_string());
     if ok {
         Ok(())
     } else {
@@ -209,8 +210,7 @@ fn resolve_members(
 ) -> Result<Vec<(i64, Member)>, StagingError> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
-    let mut stmt =
-        conn.prepare_cached("SELECT seq, kind, display FROM resources WHERE tenant_id = ?1 AND id = ?2")?;
+    let mut stmt = conn.prepare_cached("SELECT seq, kind, display FROM resources WHERE tenant_id = ?1 AND id = ?2")?;
     for m in doc.get("members").and_then(Value::as_array).into_iter().flatten() {
         let Some(id) = m.get("value").and_then(Value::as_str) else {
             return Err(ScimError::invalid_value("every member needs a \"value\" (the member's id)").into());
@@ -221,10 +221,7 @@ fn resolve_members(
         let row: Option<(i64, String, Option<String>)> =
             stmt.query_row(params![tenant.0, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
         let Some((seq, kind, display)) = row else {
-            return Err(ScimError::invalid_value(format!(
-                "member {id:?} is not a User or Group of this tenant"
-            ))
-            .into());
+            return Err(ScimError::invalid_value(format!("member {id:?} is not a User or Group of this tenant")).into());
         };
         if Some(seq) == group_seq {
             return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
@@ -296,12 +293,19 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
         Change::Replace { kind, id, doc, if_match } => {
             let cur = load(conn, tenant, *kind, id)?;
             check_if_match(if_match, cur.version)?;
-            update(conn, req, *kind, id, cur, doc.clone(), "replace")
+            update(conn, req, *kind, id, cur, doc.clone(), "replace", Members::FromDoc)
         }
         Change::Patch { kind, id, ops, if_match } => {
             let cur = load(conn, tenant, *kind, id)?;
             check_if_match(if_match, cur.version)?;
             let mut doc = cur.doc.clone();
+            if *kind == Kind::Group
+                && let Some((rest, edits)) = patch::split_member_edits(ops)
+            {
+                patch::apply(*kind, &mut doc, &rest, req.strict)?;
+                scim::validate(*kind, &doc)?;
+                return update(conn, req, *kind, id, cur, doc, "patch", Members::Edits(edits));
+            }
             if *kind == Kind::Group {
                 let members: Vec<Value> =
                     current_members(conn, cur.seq)?.into_iter().map(|(_, id)| json!({ "value": id })).collect();
@@ -311,7 +315,7 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
             }
             patch::apply(*kind, &mut doc, ops, req.strict)?;
             scim::validate(*kind, &doc)?;
-            update(conn, req, *kind, id, cur, doc, "patch")
+            update(conn, req, *kind, id, cur, doc, "patch", Members::FromDoc)
         }
         Change::Delete { kind, id, if_match } => {
             let cur = load(conn, tenant, *kind, id)?;
@@ -323,7 +327,12 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
     }
 }
 
-fn create(conn: &Connection, req: &WriteRequest, kind: Kind, mut doc: Map<String, Value>) -> Result<Committed, StagingError> {
+fn create(
+    conn: &Connection,
+    req: &WriteRequest,
+    kind: Kind,
+    mut doc: Map<String, Value>,
+) -> Result<Committed, StagingError> {
     let tenant = req.tenant;
     let keys = Keys::of(kind, &doc);
     check_unique(conn, tenant, kind, &keys, &doc, None)?;
@@ -361,6 +370,55 @@ fn create(conn: &Connection, req: &WriteRequest, kind: Kind, mut doc: Map<String
     })
 }
 
+/// How an update changes group membership.
+enum Members {
+    /// The document's `members` is the whole new set (PUT, and PATCHes that need the whole set).
+    FromDoc,
+    /// Only these ids are added or removed.
+    Edits(Vec<patch::MemberEdit>),
+}
+
+/// Applies membership edits row by row; returns the net (added, removed) ids.
+fn apply_member_edits(
+    conn: &Connection,
+    tenant: TenantId,
+    group_seq: i64,
+    edits: Vec<patch::MemberEdit>,
+) -> Result<(Vec<String>, Vec<String>), StagingError> {
+    let mut find = conn.prepare_cached("SELECT seq FROM resources WHERE tenant_id = ?1 AND id = ?2")?;
+    let mut ins = conn.prepare_cached("INSERT OR IGNORE INTO group_members (group_seq, member_seq) VALUES (?1, ?2)")?;
+    let mut del = conn.prepare_cached("DELETE FROM group_members WHERE group_seq = ?1 AND member_seq = ?2")?;
+    // Net effect per id, in first-touch order: (was a member before, is a member now).
+    let mut net: Vec<(String, bool, bool)> = Vec::new();
+    for edit in edits {
+        let (id, add) = match edit {
+            patch::MemberEdit::Add(id) => (id, true),
+            patch::MemberEdit::Remove(id) => (id, false),
+        };
+        let seq: Option<i64> = find.query_row(params![tenant.0, id], |r| r.get(0)).optional()?;
+        let Some(seq) = seq else {
+            if add {
+                return Err(
+                    ScimError::invalid_value(format!("member {id:?} is not a User or Group of this tenant")).into()
+                );
+            }
+            continue; // removing what is not there is already done
+        };
+        if seq == group_seq {
+            return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
+        }
+        let changed = if add { ins.execute([group_seq, seq])? } else { del.execute([group_seq, seq])? } == 1;
+        match net.iter_mut().find(|(n, _, _)| *n == id) {
+            Some(entry) => entry.2 = add,
+            None => net.push((id, if changed { !add } else { add }, add)),
+        }
+    }
+    let added = net.iter().filter(|(_, before, now)| !before && *now).map(|(id, _, _)| id.clone()).collect();
+    let removed = net.iter().filter(|(_, before, now)| *before && !now).map(|(id, _, _)| id.clone()).collect();
+    Ok((added, removed))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn update(
     conn: &Connection,
     req: &WriteRequest,
@@ -369,6 +427,7 @@ fn update(
     cur: Current,
     mut doc: Map<String, Value>,
     op: &str,
+    members: Members,
 ) -> Result<Committed, StagingError> {
     let tenant = req.tenant;
     let keys = Keys::of(kind, &doc);
@@ -376,7 +435,9 @@ fn update(
     let mut added = Vec::new();
     let mut removed = Vec::new();
     let mut members_out = None;
-    if kind == Kind::Group {
+    if let (Kind::Group, Members::Edits(edits)) = (kind, members) {
+        (added, removed) = apply_member_edits(conn, tenant, cur.seq, edits)?;
+    } else if kind == Kind::Group {
         let wanted = resolve_members(conn, tenant, Some(cur.seq), &doc)?;
         let have = current_members(conn, cur.seq)?;
         let wanted_seqs: HashSet<i64> = wanted.iter().map(|(s, _)| *s).collect();

@@ -62,13 +62,15 @@ impl TestServer {
         send_as(self, &self.token, method, path, body).await
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the server gracefully; returns its directory so that a test can inspect the files after.
+    pub async fn stop(mut self) -> TempDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
             t.await.expect("server task").expect("server");
         }
+        self.dir
     }
 }
 

@@ -1,0 +1,212 @@
+//! Benchmark of the SCIM endpoint with durable staging, through real HTTP on loopback.
+//!
+//!     cargo run --release --example bench -- [--users 10000] [--dir target/bench-data]
+//!
+//! For concurrency 1 and 16, on a fresh staging database: creates of N users, userName filters, PATCHes
+//! (replace title); then the time to add N members to one group in PATCHes of 100. The staging file lives on
+//! the real disk (not tmpfs) so that every commit pays a real fsync.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use scim_bridge::scim::ScimSettings;
+use scim_bridge::staging::{self, Staging};
+use serde_json::json;
+
+struct Args {
+    users: usize,
+    dir: std::path::PathBuf,
+}
+
+fn args() -> Args {
+    let mut a = Args { users: 10_000, dir: "target/bench-data".into() };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--users" => a.users = value.parse().expect("--users takes a number"),
+            "--dir" => a.dir = value.into(),
+            other => panic!("unknown flag {other}; use --users N and --dir PATH"),
+        }
+    }
+    a
+}
+
+struct Server {
+    base: String,
+    token: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(dir: &std::path::Path) -> Server {
+    let _ = std::fs::remove_dir_all(dir);
+    let path = dir.join("staging.db");
+    let (_, token) = staging::rotate_token(&path, "bench").expect("token");
+    let staging = Staging::open(&path, Default::default()).expect("staging");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}/scim/v2", listener.local_addr().expect("addr"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task =
+        tokio::spawn(scim_bridge::serve(listener, staging, ScimSettings::default(), Duration::from_secs(5), async {
+            let _ = stopped.await;
+        }));
+    Server { base, token, stop, task }
+}
+
+/// Runs `total` operations with `concurrency` workers; returns ops/s and sorted latencies.
+async fn run<F, Fut>(total: usize, concurrency: usize, op: F) -> (f64, Vec<Duration>)
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (op, next) = (op.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total {
+                    return lat;
+                }
+                let t = Instant::now();
+                op(i).await;
+                lat.push(t.elapsed());
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(total);
+    for w in workers {
+        all.extend(w.await.expect("worker"));
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.sort();
+    (total as f64 / secs, all)
+}
+
+fn pct(lat: &[Duration], p: f64) -> f64 {
+    let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+    lat[i].as_secs_f64() * 1000.0
+}
+
+fn report(what: &str, concurrency: usize, (rate, lat): (f64, Vec<Duration>)) {
+    println!(
+        "{what:<8} c={concurrency:<3} n={:<6} {rate:>9.0} ops/s   p50 {:>7.2} ms   p99 {:>7.2} ms",
+        lat.len(),
+        pct(&lat, 0.50),
+        pct(&lat, 0.99)
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let a = args();
+    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
+    println!("scim-bridge bench: {} users, staging under {}", a.users, a.dir.display());
+    for concurrency in [1, 16] {
+        let server = start(&a.dir.join(format!("c{concurrency}"))).await;
+        let ids: Arc<Vec<std::sync::OnceLock<String>>> = Arc::new((0..a.users).map(|_| Default::default()).collect());
+        let (c, b, t, ids2) = (client.clone(), server.base.clone(), server.token.clone(), ids.clone());
+        let r = run(a.users, concurrency, move |i| {
+            let (c, b, t, ids) = (c.clone(), b.clone(), t.clone(), ids2.clone());
+            async move {
+                let name = format!("user{i}@bench.example");
+                let body = json!({
+                    "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+                    "userName": name, "externalId": format!("ext{i}"), "active": true,
+                    "name": {"givenName": "Bench", "familyName": format!("User {i}")},
+                    "emails": [{"value": name, "type": "work", "primary": true}],
+                });
+                let resp = c
+                    .post(format!("{b}/Users"))
+                    .bearer_auth(&t)
+                    .header("content-type", "application/scim+json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("create");
+                assert_eq!(resp.status(), 201);
+                let v: serde_json::Value = resp.json().await.expect("json");
+                let _ = ids[i].set(v["id"].as_str().expect("id").to_owned());
+            }
+        })
+        .await;
+        report("create", concurrency, r);
+
+        let (c, b, t) = (client.clone(), server.base.clone(), server.token.clone());
+        let n = a.users;
+        let r = run(a.users, concurrency, move |i| {
+            let (c, b, t) = (c.clone(), b.clone(), t.clone());
+            async move {
+                let k = (i * 7919) % n;
+                let url = format!("{b}/Users?filter=userName%20eq%20%22user{k}%40bench.example%22");
+                let v: serde_json::Value =
+                    c.get(url).bearer_auth(&t).send().await.expect("filter").json().await.expect("json");
+                assert_eq!(v["totalResults"], 1);
+            }
+        })
+        .await;
+        report("filter", concurrency, r);
+
+        let (c, b, t, ids2) = (client.clone(), server.base.clone(), server.token.clone(), ids.clone());
+        let r = run(a.users, concurrency, move |i| {
+            let (c, b, t, ids) = (c.clone(), b.clone(), t.clone(), ids2.clone());
+            async move {
+                let id = ids[i].get().expect("created");
+                let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                    "Operations": [{"op": "Replace", "path": "title", "value": format!("Title {i}")}]});
+                let resp = c
+                    .patch(format!("{b}/Users/{id}"))
+                    .bearer_auth(&t)
+                    .header("content-type", "application/scim+json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("patch");
+                assert_eq!(resp.status(), 200);
+            }
+        })
+        .await;
+        report("patch", concurrency, r);
+
+        if concurrency == 16 {
+            let resp = client
+                .post(format!("{}/Groups", server.base))
+                .bearer_auth(&server.token)
+                .header("content-type", "application/scim+json")
+                .body(json!({"displayName": "Everyone"}).to_string())
+                .send()
+                .await
+                .expect("group");
+            let group: serde_json::Value = resp.json().await.expect("json");
+            let gid = group["id"].as_str().expect("id").to_owned();
+            let started = Instant::now();
+            for chunk in ids.chunks(100) {
+                let members: Vec<_> = chunk.iter().map(|id| json!({"value": id.get().expect("id")})).collect();
+                let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                    "Operations": [{"op": "Add", "path": "members", "value": members}]});
+                let resp = client
+                    .patch(format!("{}/Groups/{gid}", server.base))
+                    .bearer_auth(&server.token)
+                    .header("content-type", "application/scim+json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("members");
+                assert_eq!(resp.status(), 204);
+            }
+            println!(
+                "members  {} added to one group in PATCHes of 100: {:.2} s",
+                ids.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let _ = server.stop.send(());
+        server.task.await.expect("server").expect("serve");
+    }
+}
