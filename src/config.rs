@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::replay::ReplaySettings;
 use crate::scim::ScimSettings;
 use crate::staging::StagingOptions;
+use crate::target::sql::config::SqlTargetConfig;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -15,6 +17,62 @@ pub struct Config {
     pub server: ServerConfig,
     pub staging: StagingConfig,
     pub log: LogConfig,
+    pub replay: ReplayConfig,
+    /// `[[tenant]]`: which targets each tenant's changes are replayed into.
+    #[serde(rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+    /// `[[target]]`: the downstream systems.
+    #[serde(rename = "target")]
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Journal entries read and applied per step.
+    pub batch_size: usize,
+    /// Attempts of a change that fails permanently (constraint violation, ambiguous match) before it is
+    /// parked as a dead letter. Transient failures (target down) retry without limit.
+    pub max_attempts: i64,
+    /// First retry delay in milliseconds; doubled per failure, with jitter, up to backoff_max_seconds.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_seconds: u64,
+}
+
+impl Default for ReplayConfig {
+    fn default() -> Self {
+        let d = ReplaySettings::default();
+        ReplayConfig {
+            batch_size: d.batch_size,
+            max_attempts: d.max_attempts,
+            backoff_initial_ms: d.backoff_initial.as_millis() as u64,
+            backoff_max_seconds: d.backoff_max.as_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's name, as given to `scim-bridge token <name>`.
+    pub name: String,
+    /// Names of the targets its changes are replayed into.
+    #[serde(default)]
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum TargetConfig {
+    Sql(SqlTargetConfig),
+}
+
+impl TargetConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            TargetConfig::Sql(c) => &c.name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +144,9 @@ impl Default for LogConfig {
     }
 }
 
+/// The embedded default configuration (see `Config::embedded`).
+pub const EMBEDDED: &str = include_str!("embedded.toml");
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
@@ -93,11 +154,11 @@ pub enum ConfigError {
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key {key}: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key, message: message.into() }
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
 }
 
 impl Config {
@@ -165,7 +226,86 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", format!("{:?} is not a valid filter: {e}", self.log.level)))?;
+        let r = &self.replay;
+        if r.batch_size == 0 {
+            return Err(invalid("replay.batch_size", "must be at least 1"));
+        }
+        if r.max_attempts < 1 {
+            return Err(invalid("replay.max_attempts", "must be at least 1"));
+        }
+        if r.backoff_initial_ms == 0 || r.backoff_max_seconds == 0 {
+            return Err(invalid("replay.backoff_initial_ms", "backoff delays must be positive"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for t in &self.targets {
+            let name = t.name();
+            crate::staging::validate_tenant_name(name)
+                .map_err(|e| invalid("target.name", e.replace("tenant", "target")))?;
+            if !names.insert(name) {
+                return Err(invalid(format!("target.{name}"), "two targets have this name"));
+            }
+        }
+        let mut tenants = std::collections::HashSet::new();
+        for (i, t) in self.tenants.iter().enumerate() {
+            crate::staging::validate_tenant_name(&t.name).map_err(|e| invalid(format!("tenant[{i}].name"), e))?;
+            if !tenants.insert(t.name.as_str()) {
+                return Err(invalid(format!("tenant.{}", t.name), "listed twice"));
+            }
+            for target in &t.targets {
+                if !names.contains(target.as_str()) {
+                    return Err(invalid(
+                        format!("tenant.{}.targets", t.name),
+                        format!("no [[target]] is named {target:?}"),
+                    ));
+                }
+            }
+        }
         Ok(())
+    }
+
+    pub fn replay_settings(&self) -> ReplaySettings {
+        let r = &self.replay;
+        ReplaySettings {
+            batch_size: r.batch_size,
+            max_attempts: r.max_attempts,
+            backoff_initial: std::time::Duration::from_millis(r.backoff_initial_ms),
+            backoff_max: std::time::Duration::from_secs(r.backoff_max_seconds),
+        }
+    }
+
+    /// Builds the configured targets, with the tenants bound to each.
+    ///
+    /// # Errors
+    /// A target whose settings are invalid, naming the key (`target.<name>.<key>`).
+    pub fn bindings(&self) -> Result<Vec<crate::replay::Binding>, ConfigError> {
+        self.targets
+            .iter()
+            .map(|t| {
+                let target = match t {
+                    TargetConfig::Sql(c) => {
+                        crate::target::sql::SqlTarget::from_config(c).map(crate::target::Target::Sql)
+                    }
+                }
+                .map_err(|e| {
+                    let (key, msg) = e.split_once(": ").unwrap_or(("", e.as_str()));
+                    invalid(format!("target.{}.{key}", t.name()), msg)
+                })?;
+                let tenants = self
+                    .tenants
+                    .iter()
+                    .filter(|tc| tc.targets.iter().any(|n| n == t.name()))
+                    .map(|tc| tc.name.clone())
+                    .collect();
+                Ok(crate::replay::Binding { target, tenants })
+            })
+            .collect()
+    }
+
+    /// The configuration used when no file is given: staging and a SQLite demo application database in
+    /// ./scim-bridge-data, the tenant "default" replayed into it.
+    pub fn embedded() -> Config {
+        // The embedded text is part of the build and covered by a test, so it always parses.
+        Config::parse(EMBEDDED).unwrap_or_default()
     }
 
     /// # Errors
@@ -204,6 +344,32 @@ mod tests {
     fn example_config_is_valid() {
         let text = include_str!("../config.toml.example");
         Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn embedded_default_parses_and_builds() {
+        let c = Config::parse(EMBEDDED).unwrap();
+        assert_eq!(c.tenants[0].name, "default");
+        assert_eq!(c.bindings().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn target_errors_name_the_key() {
+        let base = "[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\nurl = \"sqlite:///tmp/x.db\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n[target.users.columns]\n";
+        let c = Config::parse(&format!("{base}first = \"name.givenName\"\n")).unwrap();
+        assert_eq!(c.bindings().unwrap()[0].tenants, ["t"]);
+        for (extra, needle) in [
+            ("first = \"name.shoeSize\"\n", "target.crm.users.columns.first"),
+            ("\"bad col\" = \"title\"\n", "target.crm.users.columns.bad col"),
+            ("blocked = { from = \"title\", true = 1, false = 0 }\n", "target.crm.users.columns.blocked"),
+        ] {
+            let e = Config::parse(&format!("{base}{extra}")).unwrap().bindings().map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+        let e = Config::parse(&base.replace("targets = [\"crm\"]", "targets = [\"nope\"]")).unwrap_err().to_string();
+        assert!(e.contains("tenant.t.targets") && e.contains("nope"), "{e}");
+        let e = Config::parse(&base.replace("url = ", "uri = ")).unwrap_err().to_string();
+        assert!(e.contains("uri"), "{e}");
     }
 
     #[test]

@@ -10,9 +10,13 @@
 //! real server on `127.0.0.1:0`.
 
 pub mod config;
+pub mod daemon;
+pub mod mapping;
 pub mod matching;
+pub mod replay;
 pub mod scim;
 pub mod staging;
+pub mod target;
 
 use std::future::Future;
 use std::time::Duration;

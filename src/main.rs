@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use scim_bridge::config::Config;
-use scim_bridge::staging::{self, Staging};
+use scim_bridge::staging;
+use scim_bridge::staging::replay_store::ReplayStore;
 
 #[derive(Parser)]
 #[command(version, about = "SCIM 2.0 bridge from Entra ID / Okta to SQL databases and LDAP directories")]
@@ -30,12 +30,29 @@ enum Command {
         /// Tenant name (letters, digits, '-', '_', '.').
         tenant: String,
     },
+    /// Replay progress per target: journal position, lag, failed and dead changes.
+    Status,
+    /// List changes that failed to replay (retrying, dead letters, and those waiting behind them).
+    Journal {
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Give dead letters a new round of attempts (after fixing their cause downstream).
+    Retry {
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this journal sequence number.
+        #[arg(long)]
+        seq: Option<i64>,
+    },
 }
 
 fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
     match path {
         Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::default()),
+        None => Ok(Config::embedded()),
     }
 }
 
@@ -53,6 +70,9 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&cli.config),
         Command::Token { tenant } => token(&cli.config, tenant),
         Command::Serve => serve(&cli.config),
+        Command::Status => status(&cli.config),
+        Command::Journal { target } => journal(&cli.config, target.as_deref()),
+        Command::Retry { target, seq } => retry(&cli.config, target.as_deref(), *seq),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,6 +85,7 @@ fn main() -> ExitCode {
 
 fn check_config(path: &Option<PathBuf>) -> anyhow::Result<()> {
     let config = load_config(path)?;
+    config.bindings()?;
     match path {
         Some(p) => {
             println!("{}: OK (listen {}, staging {})", p.display(), config.server.listen, config.staging.path.display())
@@ -91,9 +112,70 @@ fn serve(path: &Option<PathBuf>) -> anyhow::Result<()> {
     runtime.block_on(run(config, path.is_none()))
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+fn status(path: &Option<PathBuf>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let store = ReplayStore::open(&config.staging.path).context("while opening the staging database")?;
+    let head = store.head()?;
+    let failures = store.list_failures(None)?;
+    println!("journal head: {head}");
+    if config.targets.is_empty() {
+        println!("no [[target]] configured: changes are staged but not replayed");
+    }
+    for t in &config.targets {
+        let name = t.name();
+        let cursor = store.cursor(name)?;
+        let count = |state: &str| failures.iter().filter(|f| f.target == name && f.state == state).count();
+        println!(
+            "target {name}: replayed up to {cursor} (lag {}), retrying {}, dead {}, waiting {}",
+            head - cursor,
+            count("retry"),
+            count("dead"),
+            count("waiting")
+        );
+    }
+    Ok(())
+}
+
+fn journal(path: &Option<PathBuf>, target: Option<&str>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let store = ReplayStore::open(&config.staging.path).context("while opening the staging database")?;
+    let failures = store.list_failures(target)?;
+    if failures.is_empty() {
+        println!("no failed changes");
+    }
+    for f in failures {
+        let when = if f.state == "retry" {
+            format!(", next attempt in {} s", ((f.next_attempt_ms - now_ms()).max(0) + 999) / 1000)
+        } else {
+            String::new()
+        };
+        println!(
+            "{} seq {} tenant {} resource {}: {} after {} attempt(s){when}: {}",
+            f.target, f.seq, f.tenant.0, f.resource_id, f.state, f.attempts, f.last_error
+        );
+    }
+    Ok(())
+}
+
+fn retry(path: &Option<PathBuf>, target: Option<&str>, seq: Option<i64>) -> anyhow::Result<()> {
+    let config = load_config(path)?;
+    let store = ReplayStore::open(&config.staging.path).context("while opening the staging database")?;
+    let n = store.retry(target, seq, now_ms())?;
+    println!("{n} dead letter(s) queued for another round of attempts; a running daemon picks them up within a minute");
+    Ok(())
+}
+
 async fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
     let addr = config.listen_addr()?;
     let staging_path = config.staging.path.clone();
+    if embedded {
+        scim_bridge::daemon::prepare_demo_database(std::path::Path::new("scim-bridge-data/app.db"))
+            .context("while creating the demo application database scim-bridge-data/app.db")?;
+    }
     // The embedded default shows the whole flow with one command: on first start it creates a tenant and
     // prints its token once.
     if embedded {
@@ -103,9 +185,8 @@ async fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
             println!("Created tenant \"default\". Its bearer token (shown once, store it now):\n\n    {token}\n");
         }
     }
-    let staging = Staging::open(&staging_path, config.staging_options())
+    let tenants = staging::tenant_names(&staging_path)
         .with_context(|| format!("while opening the staging database {}", staging_path.display()))?;
-    let tenants = staging.tenants().await?;
     if tenants.is_empty() {
         tracing::warn!("no tenant has a token yet: every request will be refused; run `scim-bridge token <tenant>`");
     }
@@ -119,10 +200,10 @@ async fn run(config: Config, embedded: bool) -> anyhow::Result<()> {
         base_path = base,
         staging = %staging_path.display(),
         tenants = tenants.len(),
+        targets = config.targets.len(),
         "scim-bridge started"
     );
-    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-    scim_bridge::serve(listener, staging, config.scim_settings(), grace, shutdown_signal()).await?;
+    scim_bridge::daemon::run(&config, listener, shutdown_signal()).await?;
     tracing::info!("scim-bridge stopped; every acknowledged change is committed");
     Ok(())
 }

@@ -66,6 +66,51 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX journal_resource ON journal(tenant_id, resource_id, seq);
     "#,
+    // 2: replay state per target: how far it has read the journal, the downstream rows resources are linked
+    // to, entries that failed (retrying, dead, or waiting behind one that failed), and the audit trail.
+    r#"
+    CREATE TABLE replay_cursor (
+        target   TEXT PRIMARY KEY,
+        last_seq INTEGER NOT NULL
+    );
+    CREATE TABLE links (
+        target         TEXT NOT NULL,
+        tenant_id      INTEGER NOT NULL,
+        resource_id    TEXT NOT NULL,
+        kind           TEXT NOT NULL,
+        downstream_key TEXT NOT NULL,
+        linked         TEXT NOT NULL,
+        PRIMARY KEY (target, tenant_id, resource_id)
+    );
+    CREATE TABLE replay_failures (
+        target       TEXT NOT NULL,
+        seq          INTEGER NOT NULL,
+        tenant_id    INTEGER NOT NULL,
+        resource_id  TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('retry', 'dead', 'waiting')),
+        attempts     INTEGER NOT NULL,
+        next_attempt INTEGER NOT NULL,    -- unix milliseconds
+        last_error   TEXT NOT NULL,
+        updated      TEXT NOT NULL,
+        PRIMARY KEY (target, seq)
+    );
+    CREATE INDEX replay_failures_resource ON replay_failures(target, tenant_id, resource_id, seq);
+    CREATE TABLE audit (
+        id             INTEGER PRIMARY KEY,
+        at             TEXT NOT NULL,
+        target         TEXT NOT NULL,
+        tenant_id      INTEGER NOT NULL,
+        seq            INTEGER NOT NULL,
+        request_id     TEXT NOT NULL,
+        kind           TEXT NOT NULL,
+        resource_id    TEXT NOT NULL,
+        op             TEXT NOT NULL,
+        downstream_key TEXT,
+        outcome        TEXT NOT NULL,
+        detail         TEXT NOT NULL
+    );
+    CREATE INDEX audit_resource ON audit(tenant_id, resource_id, id);
+    "#,
 ];
 
 /// Brings the database to the latest schema version.
@@ -113,7 +158,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 1);
+        assert_eq!(latest_version(), 2);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

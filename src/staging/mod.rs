@@ -4,6 +4,7 @@
 
 mod migrations;
 mod read;
+pub mod replay_store;
 mod tenants;
 mod writer;
 
@@ -20,7 +21,7 @@ use crate::scim::schema::Kind;
 
 pub use migrations::MigrationError;
 pub use read::{Lookup, Page};
-pub use tenants::{Tenant, generate_token, hash_token, list_tenants, rotate_token, tenant_names};
+pub use tenants::{Tenant, generate_token, hash_token, list_tenants, rotate_token, tenant_names, validate_tenant_name};
 
 /// A tenant: one IdP connection with its own token and its own resources.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -107,6 +108,7 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<WriterMsg>,
     readers: Mutex<Vec<Connection>>,
+    commits: tokio::sync::watch::Receiver<u64>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -152,15 +154,17 @@ impl Staging {
         migrations::migrate(&mut conn)?;
         let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let max_batch = options.max_batch.max(1);
+        let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
         let handle = std::thread::Builder::new()
             .name("staging-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch))
+            .spawn(move || writer::run(conn, rx, max_batch, commits_tx))
             .map_err(|e| StagingError::Join(e.to_string()))?;
         Ok(Staging {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: tx,
                 readers: Mutex::new(Vec::new()),
+                commits,
                 writer_thread: Mutex::new(Some(handle)),
             }),
         })
@@ -168,6 +172,11 @@ impl Staging {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Changes whenever the writer commits a batch: replay waits on it instead of polling.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.commits.clone()
     }
 
     /// Stages a change. Returns only after the change and its journal entry are committed and fsynced.

@@ -14,7 +14,12 @@ use crate::scim::error::ScimError;
 use crate::scim::schema::Kind;
 use crate::scim::{self, patch};
 
-pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, max_batch: usize) {
+pub(super) fn run(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<WriterMsg>,
+    max_batch: usize,
+    commits: tokio::sync::watch::Sender<u64>,
+) {
     let mut stopping = false;
     while !stopping {
         let mut batch = match rx.blocking_recv() {
@@ -33,6 +38,7 @@ pub(super) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriterMsg>, max_b
             }
         }
         commit_batch(&mut conn, batch);
+        commits.send_modify(|n| *n = n.wrapping_add(1));
     }
     tracing::debug!("staging writer stopped");
 }

@@ -1,0 +1,412 @@
+//! Replay: workers that read the journal and apply it to each target bound to the entry's tenant. Changes to
+//! one resource apply strictly in order; different resources apply in parallel, batched into shared
+//! downstream transactions. A target that is down is retried with exponential backoff and jitter, without
+//! limit and without losing its place; an entry that fails permanently is retried a few times and then
+//! parked as a dead letter, while later entries of that resource wait behind it and others go on.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::scim::schema::Kind;
+use crate::staging::replay_store::{Failure, Record, ReplayStore};
+use crate::staging::{StagingError, TenantId};
+use crate::target::{Applied, Entry, Links, Target, TargetError};
+
+/// Replay settings (the `[replay]` section).
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    /// Journal entries read per step.
+    pub batch_size: usize,
+    /// Attempts of an entry that fails permanently before it becomes a dead letter.
+    pub max_attempts: i64,
+    /// First backoff, doubled per failure up to `backoff_max`, with ±25 % jitter.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        ReplaySettings {
+            batch_size: 500,
+            max_attempts: 5,
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+/// One target with the tenants whose changes it receives.
+pub struct Binding {
+    pub target: Target,
+    pub tenants: Vec<String>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+/// Exponential backoff with ±25 % jitter, so that many stalled entries do not retry in lockstep.
+pub fn backoff(settings: &ReplaySettings, attempt: u32) -> Duration {
+    let base = settings.backoff_initial.saturating_mul(1u32 << attempt.min(20)).min(settings.backoff_max);
+    let mut r = [0u8; 2];
+    let _ = getrandom::fill(&mut r);
+    let jitter = (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5 - 0.25;
+    base.mul_f64(1.0 + jitter)
+}
+
+/// Why a step stopped early: the target is unreachable (retry the step later), or staging failed.
+#[derive(Debug)]
+enum StepError {
+    Down(String),
+    Staging(StagingError),
+}
+
+impl From<StagingError> for StepError {
+    fn from(e: StagingError) -> Self {
+        StepError::Staging(e)
+    }
+}
+
+struct Worker {
+    binding: Binding,
+    store: ReplayStore,
+    settings: ReplaySettings,
+}
+
+/// Starts one worker per target. They stop when `shutdown` becomes true; `commits` wakes them when new
+/// journal entries are committed.
+pub fn spawn(
+    bindings: Vec<Binding>,
+    store: ReplayStore,
+    settings: ReplaySettings,
+    commits: watch::Receiver<u64>,
+    shutdown: watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    bindings
+        .into_iter()
+        .map(|binding| {
+            let w = Arc::new(Worker { binding, store: store.clone(), settings: settings.clone() });
+            let (commits, shutdown) = (commits.clone(), shutdown.clone());
+            tokio::spawn(async move { w.run(commits, shutdown).await })
+        })
+        .collect()
+}
+
+impl Worker {
+    fn name(&self) -> &str {
+        self.binding.target.name()
+    }
+
+    async fn run(self: Arc<Self>, mut commits: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
+        let target = self.name().to_owned();
+        match self.binding.target.check().await {
+            Ok(()) => tracing::info!(target = %target, tenants = ?self.binding.tenants, "replay started"),
+            Err(e) => tracing::warn!(target = %target, error = %e, "target not ready; replay will keep trying"),
+        }
+        let mut failures_in_a_row = 0u32;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            match self.step().await {
+                Ok(true) => {
+                    failures_in_a_row = 0;
+                    continue;
+                }
+                Ok(false) => {
+                    failures_in_a_row = 0;
+                    // Idle: wait for new commits, the next due retry, or shutdown.
+                    let next_due = self.store_call(|s, t| s.next_due(&t)).await.ok().flatten();
+                    let wait = next_due
+                        .map(|d| Duration::from_millis((d - now_ms()).max(0) as u64))
+                        .unwrap_or(Duration::from_secs(60));
+                    tokio::select! {
+                        _ = commits.changed() => {}
+                        _ = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    let pause = backoff(&self.settings, failures_in_a_row);
+                    failures_in_a_row = failures_in_a_row.saturating_add(1);
+                    match e {
+                        StepError::Down(msg) => {
+                            tracing::warn!(target = %target, error = %msg, retry_in_ms = pause.as_millis() as u64, "target unavailable; changes are kept and will be applied in order")
+                        }
+                        StepError::Staging(err) => {
+                            tracing::error!(target = %target, error = %err, retry_in_ms = pause.as_millis() as u64, "replay cannot use the staging database")
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+        tracing::info!(target = %target, "replay stopped");
+    }
+
+    async fn store_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&ReplayStore, String) -> Result<T, StagingError> + Send + 'static,
+    ) -> Result<T, StagingError> {
+        let name = self.name().to_owned();
+        self.store.run(move |s| f(s, name)).await
+    }
+
+    /// One round: due retries, then new journal entries. Ok(true) when it did something.
+    async fn step(&self) -> Result<bool, StepError> {
+        let retried = self.retry_due().await?;
+        let cursor = self.store_call(|s, t| s.cursor(&t)).await?;
+        let tenants = self.binding.tenants.clone();
+        let limit = self.settings.batch_size;
+        let entries = self.store.run(move |s| s.fetch(&tenants, cursor, limit)).await?;
+        if entries.is_empty() {
+            return Ok(retried);
+        }
+        let last = entries.last().map(|e| e.seq);
+        let mut record = Record { target: self.name().to_owned(), cursor: last, ..Default::default() };
+        let blocked = self.store_call(|s, t| s.blocked(&t)).await?;
+        let mut links = self.load_links(&entries).await?;
+        let mut failed: HashMap<(TenantId, String), i64> = HashMap::new();
+        let mut ready = Vec::new();
+        for e in entries {
+            let id = (e.tenant, e.resource_id.clone());
+            if blocked.contains(&id) {
+                self.wait_behind(&mut record, &e, None);
+            } else {
+                ready.push(e);
+            }
+        }
+        // Users before groups: a membership needs the member's row, and the journal order already puts a
+        // user's creation before any membership that names it.
+        let (users, groups): (Vec<Entry>, Vec<Entry>) = ready.into_iter().partition(|e| e.kind == Kind::User);
+        for phase in [users, groups] {
+            if phase.is_empty() {
+                continue;
+            }
+            self.apply_phase(phase, &mut links, &mut record, &mut failed).await?;
+        }
+        let n = record.applied.len();
+        self.store.run(move |s| s.record(&record)).await?;
+        tracing::debug!(target = %self.name(), applied = n, "replay step committed");
+        Ok(true)
+    }
+
+    async fn load_links(&self, entries: &[Entry]) -> Result<Links, StagingError> {
+        let mut ids: HashSet<(TenantId, String)> = HashSet::new();
+        for e in entries {
+            ids.insert((e.tenant, e.resource_id.clone()));
+            for m in e.members_added.iter().chain(&e.members_removed) {
+                ids.insert((e.tenant, m.clone()));
+            }
+        }
+        self.store_call(move |s, t| s.links(&t, &ids)).await
+    }
+
+    /// Applies entries of one kind: resources spread over parallel transactions, each resource's entries
+    /// in order within one of them.
+    async fn apply_phase(
+        &self,
+        entries: Vec<Entry>,
+        links: &mut Links,
+        record: &mut Record,
+        failed: &mut HashMap<(TenantId, String), i64>,
+    ) -> Result<(), StepError> {
+        let lanes = self.binding.target.parallelism().max(1);
+        let mut buckets: Vec<Vec<Entry>> = (0..lanes).map(|_| Vec::new()).collect();
+        let mut lane_of: HashMap<(TenantId, String), usize> = HashMap::new();
+        let mut next = 0;
+        for e in entries {
+            let lane = *lane_of.entry((e.tenant, e.resource_id.clone())).or_insert_with(|| {
+                next += 1;
+                (next - 1) % lanes
+            });
+            buckets[lane].push(e);
+        }
+        let buckets: Vec<Vec<Entry>> = buckets.into_iter().filter(|b| !b.is_empty()).collect();
+        let target = &self.binding.target;
+        let results = futures_util::future::join_all(buckets.iter().map(|b| {
+            let mut lane_links = links.clone();
+            async move {
+                let r = target.apply_batch(b, &mut lane_links).await;
+                (r, lane_links)
+            }
+        }))
+        .await;
+        let mut isolate = Vec::new();
+        for (bucket, (result, lane_links)) in buckets.into_iter().zip(results) {
+            match result {
+                Ok(applied) => {
+                    merge_links(links, &bucket, &lane_links);
+                    self.log_applied(&bucket, &applied);
+                    record.applied.extend(bucket.into_iter().zip(applied));
+                }
+                Err((_, TargetError::Transient(msg))) => return Err(StepError::Down(msg)),
+                Err((_, TargetError::Permanent(_))) => isolate.push(bucket),
+            }
+        }
+        // A lane failed on some entry: apply its entries one by one to find which, and let the others through.
+        for bucket in isolate {
+            for e in bucket {
+                let id = (e.tenant, e.resource_id.clone());
+                if let Some(first) = failed.get(&id) {
+                    let first = *first;
+                    self.wait_behind(record, &e, Some(first));
+                    continue;
+                }
+                let mut one_links = links.clone();
+                match target.apply_batch(std::slice::from_ref(&e), &mut one_links).await {
+                    Ok(mut applied) => {
+                        merge_links(links, std::slice::from_ref(&e), &one_links);
+                        let a = applied.remove(0);
+                        self.log_applied(std::slice::from_ref(&e), std::slice::from_ref(&a));
+                        record.applied.push((e, a));
+                    }
+                    Err((_, TargetError::Transient(msg))) => return Err(StepError::Down(msg)),
+                    Err((_, TargetError::Permanent(msg))) => {
+                        failed.insert(id, e.seq);
+                        self.fail(record, &e, msg, 1);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn log_applied(&self, entries: &[Entry], applied: &[Applied]) {
+        for (e, a) in entries.iter().zip(applied) {
+            tracing::info!(
+                target = %self.name(),
+                tenant = e.tenant.0,
+                resource = e.kind.as_str(),
+                resource_id = %e.resource_id,
+                change_seq = e.seq,
+                op = e.op.as_str(),
+                outcome = a.outcome,
+                key = a.key.as_deref().unwrap_or("-"),
+                detail = %a.detail,
+                "change replayed"
+            );
+        }
+    }
+
+    /// Records a permanent failure: a retry later, or a dead letter after `max_attempts`.
+    fn fail(&self, record: &mut Record, e: &Entry, msg: String, attempts: i64) {
+        let dead = attempts >= self.settings.max_attempts;
+        let next = now_ms() + backoff(&self.settings, attempts.max(1) as u32 - 1).as_millis() as i64;
+        if dead {
+            tracing::error!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq, attempts, error = %msg,
+                "change parked as a dead letter; later changes of this resource wait behind it (scim-bridge journal / retry)");
+        } else {
+            tracing::warn!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq, attempts, error = %msg, "change failed; will retry");
+        }
+        record.errors.push((e.clone(), msg.clone()));
+        record.failures.push(Failure {
+            target: self.name().to_owned(),
+            seq: e.seq,
+            tenant: e.tenant,
+            resource_id: e.resource_id.clone(),
+            state: if dead { "dead" } else { "retry" }.into(),
+            attempts,
+            next_attempt_ms: next,
+            last_error: msg,
+            updated: String::new(),
+        });
+    }
+
+    fn wait_behind(&self, record: &mut Record, e: &Entry, first: Option<i64>) {
+        let msg = match first {
+            Some(seq) => format!("waiting behind change {seq} of the same resource, which failed"),
+            None => "waiting behind an earlier change of the same resource, which failed".to_owned(),
+        };
+        tracing::info!(target = %self.name(), resource_id = %e.resource_id, change_seq = e.seq, "{msg}");
+        record.failures.push(Failure {
+            target: self.name().to_owned(),
+            seq: e.seq,
+            tenant: e.tenant,
+            resource_id: e.resource_id.clone(),
+            state: "waiting".into(),
+            attempts: 0,
+            next_attempt_ms: 0,
+            last_error: msg,
+            updated: String::new(),
+        });
+    }
+
+    /// Retries due failed entries; after a success, the entries waiting behind it follow in order.
+    async fn retry_due(&self) -> Result<bool, StepError> {
+        let now = now_ms();
+        let due = self.store_call(move |s, t| s.due(&t, now)).await?;
+        if due.is_empty() {
+            return Ok(false);
+        }
+        for f in due {
+            let (tenant, resource_id) = (f.tenant, f.resource_id.clone());
+            let waiting = self.store_call(move |s, t| s.waiting(&t, tenant, &resource_id)).await?;
+            let mut record = Record { target: self.name().to_owned(), ..Default::default() };
+            let mut queue = vec![f];
+            queue.extend(waiting);
+            for (i, item) in queue.into_iter().enumerate() {
+                let seq = item.seq;
+                let Some(entry) = self.store.run(move |s| s.entry(seq)).await? else {
+                    record.resolved.push(seq); // the journal entry is gone (should not happen); drop the row
+                    continue;
+                };
+                let mut links = self.load_links(std::slice::from_ref(&entry)).await?;
+                match self.binding.target.apply_batch(std::slice::from_ref(&entry), &mut links).await {
+                    Ok(mut applied) => {
+                        let a = applied.remove(0);
+                        self.log_applied(std::slice::from_ref(&entry), std::slice::from_ref(&a));
+                        record.resolved.push(seq);
+                        record.applied.push((entry, a));
+                    }
+                    Err((_, TargetError::Transient(msg))) => {
+                        self.store.run(move |s| s.record(&record)).await?;
+                        return Err(StepError::Down(msg));
+                    }
+                    Err((_, TargetError::Permanent(msg))) => {
+                        let attempts = if i == 0 { item.attempts + 1 } else { 1 };
+                        self.fail(&mut record, &entry, msg, attempts);
+                        break;
+                    }
+                }
+            }
+            self.store.run(move |s| s.record(&record)).await?;
+        }
+        Ok(true)
+    }
+}
+
+/// Links learned in a lane are the truth for that lane's resources and for nothing else.
+fn merge_links(links: &mut Links, entries: &[Entry], lane: &Links) {
+    for e in entries {
+        let id = (e.tenant, e.resource_id.clone());
+        match lane.get(&id) {
+            Some(k) => links.insert(id, k.clone()),
+            None => links.remove(&id),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let s = ReplaySettings {
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..Default::default()
+        };
+        for (attempt, base) in [(0u32, 100u64), (1, 200), (2, 400), (3, 800), (4, 1000), (30, 1000)] {
+            let d = backoff(&s, attempt).as_millis() as u64;
+            assert!(d >= base * 3 / 4 && d <= base * 5 / 4 + 1, "attempt {attempt}: {d} ms vs {base}");
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Targets: the downstream systems replay writes into. Each applies journal entries, in order per resource,
+//! idempotently (applying an entry twice leaves the same downstream state), and tells transient failures
+//! (retry without limit) from permanent ones (retry a few times, then a dead letter).
+
+pub mod sql;
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use crate::scim::schema::Kind;
+use crate::staging::TenantId;
+
+/// A journal entry as replay sees it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: i64,
+    pub tenant: TenantId,
+    pub kind: Kind,
+    pub resource_id: String,
+    pub op: Op,
+    pub request_id: String,
+    /// The resource after the change (before it, for a delete).
+    pub state: Map<String, Value>,
+    pub members_added: Vec<String>,
+    pub members_removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Create,
+    Replace,
+    Patch,
+    Delete,
+}
+
+impl Op {
+    pub fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "create" => Op::Create,
+            "replace" => Op::Replace,
+            "patch" => Op::Patch,
+            "delete" => Op::Delete,
+            _ => return None,
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Replace => "replace",
+            Op::Patch => "patch",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// One entry to apply, with the link replay knows for its resource.
+#[derive(Debug, Clone)]
+pub struct Work<'a> {
+    pub entry: &'a Entry,
+    pub link: Option<String>,
+}
+
+/// What applying an entry did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The downstream key the resource is now linked to; None when the link is gone (deleted).
+    pub key: Option<String>,
+    /// created, linked, updated, blocked, deleted, ignored, absent
+    pub outcome: &'static str,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum TargetError {
+    /// The target cannot be reached or is busy (connection refused, timeout, deadlock): retry, no limit.
+    #[error("{0}")]
+    Transient(String),
+    /// The change cannot apply as it is (constraint violation, ambiguous match, mapping error).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl TargetError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, TargetError::Transient(_))
+    }
+}
+
+/// Downstream keys of linked resources: (tenant, SCIM id) → key. Group replay reads user keys from it.
+pub type Links = HashMap<(TenantId, String), String>;
+
+/// A configured target.
+pub enum Target {
+    Sql(sql::SqlTarget),
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Sql(t) => t.name(),
+        }
+    }
+
+    /// Applies entries (in order) in one downstream transaction: all of them, or none. `links` is read for
+    /// each entry's resource and for group members, and updated as entries apply, so that a later entry of
+    /// the same resource finds the row an earlier one created. On failure, the index of the entry that
+    /// failed; the caller then discards `links`.
+    pub async fn apply_batch(
+        &self,
+        entries: &[Entry],
+        links: &mut Links,
+    ) -> Result<Vec<Applied>, (usize, TargetError)> {
+        match self {
+            Target::Sql(t) => t.apply_batch(entries, links).await,
+        }
+    }
+
+    /// Checks the target's configuration against the live system (tables, columns, connectivity).
+    ///
+    /// # Errors
+    /// What does not match, or why the target cannot be reached.
+    pub async fn check(&self) -> Result<(), TargetError> {
+        match self {
+            Target::Sql(t) => t.check().await,
+        }
+    }
+
+    /// How many batches may be applied at once.
+    pub fn parallelism(&self) -> usize {
+        match self {
+            Target::Sql(t) => t.parallelism(),
+        }
+    }
+
+    /// Whether this target replays groups (otherwise group entries are acknowledged as ignored).
+    pub fn replays_groups(&self) -> bool {
+        match self {
+            Target::Sql(t) => t.replays_groups(),
+        }
+    }
+}

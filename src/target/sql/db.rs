@@ -1,0 +1,439 @@
+//! The database connection behind the SQL target: PostgreSQL and MySQL/MariaDB through sqlx's Any driver,
+//! SQLite files through rusqlite. Everything is a bound parameter; identifiers are validated and quoted.
+//! Values are bound as text for PostgreSQL and cast in SQL to the column's type (learned from the catalog),
+//! so one binding path serves integer, boolean, date and text columns alike.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use sqlx::{AssertSqlSafe, Row as _};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::target::TargetError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    Mysql,
+    Sqlite,
+}
+
+/// A value bound to a statement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl SqlValue {
+    pub fn from_json(v: &serde_json::Value) -> SqlValue {
+        match v {
+            serde_json::Value::Null => SqlValue::Null,
+            serde_json::Value::Bool(b) => SqlValue::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => SqlValue::Int(i),
+                None => SqlValue::Float(n.as_f64().unwrap_or_default()),
+            },
+            serde_json::Value::String(s) => SqlValue::Text(s.clone()),
+            other => SqlValue::Text(other.to_string()),
+        }
+    }
+
+    fn as_text(&self) -> Option<String> {
+        match self {
+            SqlValue::Null => None,
+            SqlValue::Bool(b) => Some(b.to_string()),
+            SqlValue::Int(i) => Some(i.to_string()),
+            SqlValue::Float(f) => Some(f.to_string()),
+            SqlValue::Text(s) => Some(s.clone()),
+        }
+    }
+}
+
+/// A checked identifier (`name` or `schema.name`): letters, digits and `_`, not starting with a digit.
+/// Quoted on use, so reserved words are fine; anything else is refused at configuration time.
+pub fn check_ident(s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.split('.').count() <= 2
+        && s.split('.').all(|p| {
+            !p.is_empty()
+                && p.len() <= 63
+                && p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{s:?} is not a plain SQL identifier (letters, digits, '_', optionally schema.name)"))
+    }
+}
+
+impl Dialect {
+    pub fn from_url(url: &str) -> Option<Dialect> {
+        let scheme = url.split(':').next()?.to_ascii_lowercase();
+        match scheme.as_str() {
+            "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::Mysql),
+            "sqlite" => Some(Dialect::Sqlite),
+            _ => None,
+        }
+    }
+
+    /// Quotes a checked identifier.
+    pub fn quote(self, ident: &str) -> String {
+        let q = if self == Dialect::Mysql { '`' } else { '"' };
+        ident.split('.').map(|p| format!("{q}{p}{q}")).collect::<Vec<_>>().join(".")
+    }
+
+    /// The placeholder for parameter `n` (1-based). PostgreSQL parameters are text cast to `cast` (the
+    /// column's type) when given.
+    pub fn param(self, n: usize, cast: Option<&str>) -> String {
+        match (self, cast) {
+            (Dialect::Postgres, Some(t)) => format!("CAST(CAST(${n} AS TEXT) AS {t})"),
+            (Dialect::Postgres, None) => format!("CAST(${n} AS TEXT)"),
+            (Dialect::Mysql, _) => "?".into(),
+            (Dialect::Sqlite, _) => format!("?{n}"),
+        }
+    }
+
+    /// An expression reading a column as text, so that results decode the same way for every type.
+    pub fn as_text(self, expr: &str) -> String {
+        match self {
+            Dialect::Mysql => format!("CAST({expr} AS CHAR)"),
+            _ => format!("CAST({expr} AS TEXT)"),
+        }
+    }
+}
+
+/// A connection pool (or, for SQLite, one connection) to the target database.
+#[derive(Clone)]
+pub enum Db {
+    Any(sqlx::AnyPool),
+    Sqlite(Arc<Mutex<Option<rusqlite::Connection>>>, PathBuf),
+}
+
+static DRIVERS: Once = Once::new();
+
+impl Db {
+    /// Prepares a pool; nothing connects until first use, so a database that is down at start delays
+    /// replay instead of preventing the daemon from starting.
+    pub fn new(url: &str, max_connections: u32, timeout: Duration) -> Result<(Db, Dialect), String> {
+        let dialect = Dialect::from_url(url)
+            .ok_or_else(|| "the URL must start with postgres://, mysql://, mariadb:// or sqlite:".to_owned())?;
+        if dialect == Dialect::Sqlite {
+            let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+            if path.is_empty() {
+                return Err("a sqlite: URL needs a file path, e.g. sqlite:///var/lib/app/app.db".into());
+            }
+            return Ok((Db::Sqlite(Arc::new(Mutex::new(None)), PathBuf::from(path)), dialect));
+        }
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let url = if dialect == Dialect::Mysql && url.starts_with("mariadb:") {
+            url.replacen("mariadb:", "mysql:", 1)
+        } else {
+            url.to_owned()
+        };
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(timeout)
+            .connect_lazy(&url)
+            .map_err(|e| format!("invalid database URL: {e}"))?;
+        Ok((Db::Any(pool), dialect))
+    }
+
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<Tx, TargetError> {
+        match self {
+            Db::Any(pool) => {
+                let pg = pool.connect_options().database_url.scheme().starts_with("postgres");
+                Ok(Tx::Any(Some(pool.begin().await.map_err(classify_sqlx)?), pg))
+            }
+            Db::Sqlite(conn, path) => {
+                let mut guard = conn.clone().lock_owned().await;
+                if guard.is_none() {
+                    let c = blocking(|| {
+                        rusqlite::Connection::open_with_flags(
+                            path,
+                            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                        )
+                    })
+                    .map_err(|e| TargetError::Transient(format!("cannot open {}: {e}", path.display())))?;
+                    c.busy_timeout(Duration::from_secs(5)).map_err(classify_sqlite)?;
+                    *guard = Some(c);
+                }
+                let mut tx = SqliteTx { guard, open: false };
+                tx.run(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(classify_sqlite)?;
+                tx.open = true;
+                Ok(Tx::Sqlite(tx))
+            }
+        }
+    }
+
+    /// Columns of a table with their types (PostgreSQL: castable type names), for configuration checks.
+    pub async fn columns(&self, dialect: Dialect, table: &str) -> Result<Vec<(String, String)>, TargetError> {
+        let (schema, name) = match table.split_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, table),
+        };
+        let mut tx = self.begin().await?;
+        let rows = match dialect {
+            Dialect::Postgres => {
+                tx.query(
+                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                     WHERE a.attrelid = to_regclass(CAST($1 AS TEXT)) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+                    &[SqlValue::Text(dialect.quote(table))],
+                )
+                .await?
+            }
+            Dialect::Mysql => {
+                let sql = match schema {
+                    Some(_) => "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
+                    None => "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
+                };
+                let mut params: Vec<SqlValue> = schema.map(|s| SqlValue::Text(s.to_owned())).into_iter().collect();
+                params.push(SqlValue::Text(name.to_owned()));
+                tx.query(sql, &params).await?
+            }
+            Dialect::Sqlite => tx.query("SELECT name, type FROM pragma_table_info(?1)", &[SqlValue::Text(name.to_owned())]).await?,
+        };
+        tx.rollback().await;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (r.first().cloned().flatten().unwrap_or_default(), r.get(1).cloned().flatten().unwrap_or_default())
+            })
+            .collect())
+    }
+}
+
+/// Runs blocking SQLite work without stalling other tasks on a multi-threaded runtime.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+pub struct SqliteTx {
+    guard: OwnedMutexGuard<Option<rusqlite::Connection>>,
+    open: bool,
+}
+
+impl SqliteTx {
+    fn run<T>(&mut self, f: impl FnOnce(&rusqlite::Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let conn = self.guard.as_ref().ok_or(rusqlite::Error::InvalidQuery)?;
+        blocking(|| f(conn))
+    }
+}
+
+impl Drop for SqliteTx {
+    fn drop(&mut self) {
+        if self.open
+            && let Some(c) = self.guard.as_ref()
+        {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+/// An open transaction. Dropping it without `commit` rolls back.
+pub enum Tx {
+    /// `pg`: PostgreSQL, where every parameter is bound as text (see the module comment).
+    Any(Option<sqlx::Transaction<'static, sqlx::Any>>, bool),
+    Sqlite(SqliteTx),
+}
+
+fn to_rusqlite(v: &SqlValue) -> rusqlite::types::Value {
+    use rusqlite::types::Value as V;
+    match v {
+        SqlValue::Null => V::Null,
+        SqlValue::Bool(b) => V::Integer(i64::from(*b)),
+        SqlValue::Int(i) => V::Integer(*i),
+        SqlValue::Float(f) => V::Real(*f),
+        SqlValue::Text(s) => V::Text(s.clone()),
+    }
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    params: &[SqlValue],
+    all_text: bool,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for p in params {
+        q = if all_text {
+            q.bind(p.as_text())
+        } else {
+            match p {
+                SqlValue::Null => q.bind(Option::<String>::None),
+                SqlValue::Bool(b) => q.bind(i64::from(*b)),
+                SqlValue::Int(i) => q.bind(*i),
+                SqlValue::Float(f) => q.bind(*f),
+                SqlValue::Text(s) => q.bind(s.clone()),
+            }
+        };
+    }
+    q
+}
+
+impl Tx {
+    fn any(&mut self) -> Result<&mut sqlx::Transaction<'static, sqlx::Any>, TargetError> {
+        match self {
+            Tx::Any(Some(t), _) => Ok(t),
+            _ => Err(TargetError::Transient("transaction already finished".into())),
+        }
+    }
+
+    /// Runs a query; every result column is read as optional text.
+    pub async fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<Option<String>>>, TargetError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let params: Vec<rusqlite::types::Value> = params.iter().map(to_rusqlite).collect();
+                tx.run(|c| {
+                    let mut stmt = c.prepare_cached(sql)?;
+                    let n = stmt.column_count();
+                    let rows = stmt.query_map(rusqlite::params_from_iter(params.iter()), |r| {
+                        (0..n)
+                            .map(|i| {
+                                Ok(match r.get_ref(i)? {
+                                    rusqlite::types::ValueRef::Null => None,
+                                    rusqlite::types::ValueRef::Integer(i) => Some(i.to_string()),
+                                    rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
+                                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                                        Some(String::from_utf8_lossy(t).into_owned())
+                                    }
+                                })
+                            })
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    })?;
+                    rows.collect()
+                })
+                .map_err(classify_sqlite)
+            }
+            Tx::Any(_, pg) => {
+                let pg = *pg;
+                let tx = self.any()?;
+                // Identifiers in `sql` are checked and quoted, values are bound: the text is safe by construction.
+                let rows = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params, pg)
+                    .fetch_all(&mut **tx)
+                    .await
+                    .map_err(classify_sqlx)?;
+                rows.iter()
+                    .map(|r| {
+                        (0..r.len())
+                            .map(|i| {
+                                r.try_get::<Option<String>, _>(i)
+                                    .map_err(|e| TargetError::Permanent(format!("reading column {i}: {e}")))
+                            })
+                            .collect()
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Runs a statement; returns the number of rows it changed.
+    pub async fn exec(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64, TargetError> {
+        match self {
+            Tx::Sqlite(tx) => {
+                let params: Vec<rusqlite::types::Value> = params.iter().map(to_rusqlite).collect();
+                tx.run(|c| c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter())))
+                    .map(|n| n as u64)
+                    .map_err(classify_sqlite)
+            }
+            Tx::Any(_, pg) => {
+                let pg = *pg;
+                let tx = self.any()?;
+                let r = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params, pg)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(classify_sqlx)?;
+                Ok(r.rows_affected())
+            }
+        }
+    }
+
+    pub async fn commit(self) -> Result<(), TargetError> {
+        match self {
+            Tx::Any(Some(t), _) => t.commit().await.map_err(classify_sqlx),
+            Tx::Any(None, _) => Ok(()),
+            Tx::Sqlite(mut tx) => {
+                let r = tx.run(|c| c.execute_batch("COMMIT")).map_err(classify_sqlite);
+                if r.is_ok() {
+                    tx.open = false;
+                }
+                r
+            }
+        }
+    }
+
+    pub async fn rollback(self) {
+        match self {
+            Tx::Any(Some(t), _) => {
+                let _ = t.rollback().await;
+            }
+            Tx::Any(None, _) => {}
+            Tx::Sqlite(tx) => drop(tx),
+        }
+    }
+}
+
+/// Transient: the database is unreachable, restarting, or the statement lost a lock race. Permanent: the
+/// statement itself is refused (constraint, type, syntax): retrying the same change will not help.
+fn classify_sqlx(e: sqlx::Error) -> TargetError {
+    use sqlx::Error as E;
+    match &e {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
+            TargetError::Transient(e.to_string())
+        }
+        E::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let msg = db.message().to_owned();
+            let transient = code.starts_with("08") // connection exception
+                || code.starts_with("53") // insufficient resources
+                || code.starts_with("57P") // admin shutdown, cannot connect now
+                || code == "40001" || code == "40P01" // serialization failure, deadlock
+                || code == "55P03" // lock not available
+                || msg.contains("Lock wait timeout") || msg.contains("Deadlock found");
+            let text = if code.is_empty() { msg } else { format!("{msg} (SQLSTATE {code})") };
+            if transient { TargetError::Transient(text) } else { TargetError::Permanent(text) }
+        }
+        _ => TargetError::Permanent(e.to_string()),
+    }
+}
+
+fn classify_sqlite(e: rusqlite::Error) -> TargetError {
+    use rusqlite::ErrorCode as C;
+    match e.sqlite_error_code() {
+        Some(C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen | C::SystemIoFailure | C::DiskFull) => {
+            TargetError::Transient(e.to_string())
+        }
+        _ => TargetError::Permanent(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_checked_and_quoted() {
+        assert!(check_ident("employees").is_ok());
+        assert!(check_ident("crm.employees").is_ok());
+        for bad in ["", "a b", "x;drop", "1abc", "a.b.c", "\"x\"", "a-b"] {
+            assert!(check_ident(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Dialect::Postgres.quote("crm.employees"), "\"crm\".\"employees\"");
+        assert_eq!(Dialect::Mysql.quote("employees"), "`employees`");
+    }
+
+    #[test]
+    fn placeholders_per_dialect() {
+        assert_eq!(Dialect::Postgres.param(2, Some("integer")), "CAST(CAST($2 AS TEXT) AS integer)");
+        assert_eq!(Dialect::Mysql.param(2, None), "?");
+        assert_eq!(Dialect::Sqlite.param(2, None), "?2");
+    }
+}
