@@ -164,12 +164,16 @@ impl Worker {
         let cursor = self.store_call(|s, t| s.cursor(&t)).await?;
         let tenants = self.binding.tenants.clone();
         let limit = self.settings.batch_size;
-        let entries = self.store.run(move |s| s.fetch(&tenants, cursor, limit)).await?;
+        let (entries, upto) = self.store.run(move |s| s.fetch(&tenants, cursor, limit)).await?;
         if entries.is_empty() {
+            if upto > cursor {
+                // Only other tenants' changes: move past them.
+                let record = Record { target: self.name().to_owned(), cursor: Some(upto), ..Default::default() };
+                self.store.run(move |s| s.record(&record)).await?;
+            }
             return Ok(retried);
         }
-        let last = entries.last().map(|e| e.seq);
-        let mut record = Record { target: self.name().to_owned(), cursor: last, ..Default::default() };
+        let mut record = Record { target: self.name().to_owned(), cursor: Some(upto), ..Default::default() };
         let blocked = self.store_call(|s, t| s.blocked(&t)).await?;
         let mut links = self.load_links(&entries).await?;
         let mut failed: HashMap<(TenantId, String), i64> = HashMap::new();

@@ -52,13 +52,13 @@ fn now() -> String {
 }
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
-type RawEntry = (i64, i64, String, String, String, String, Option<String>, Option<String>, Option<String>);
+type RawEntry = (i64, i64, String, String, String, String, Option<String>, Option<String>, Option<String>, String);
 
 fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
-    let (seq, tenant, kind, resource_id, op, request_id, state, added, removed) = raw;
+    let (seq, tenant, kind, resource_id, op, request_id, state, added, removed, at) = raw;
     let ids = |v: Option<String>| -> Vec<String> {
         v.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()).unwrap_or_default()
     };
@@ -70,6 +70,7 @@ fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
         resource_id,
         op: Op::parse(&op).ok_or_else(|| StagingError::Commit(format!("journal entry {seq} has op {op:?}")))?,
         request_id,
+        at,
         state: match state {
             Some(s) => parse_body(&s)?,
             None => serde_json::Map::new(),
@@ -79,8 +80,7 @@ fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
     })
 }
 
-const ENTRY_COLUMNS: &str =
-    "j.seq, j.tenant_id, j.kind, j.resource_id, j.op, j.request_id, j.state, j.members_added, j.members_removed";
+const ENTRY_COLUMNS: &str = "j.seq, j.tenant_id, j.kind, j.resource_id, j.op, j.request_id, j.state, j.members_added, j.members_removed, j.created";
 
 impl ReplayStore {
     /// # Errors
@@ -118,23 +118,31 @@ impl ReplayStore {
         self.with(|c| Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0))?))
     }
 
-    /// Journal entries after `after` of the named tenants, oldest first.
-    pub fn fetch(&self, tenants: &[String], after: i64, limit: usize) -> Result<Vec<Entry>, StagingError> {
-        if tenants.is_empty() {
-            return Ok(Vec::new());
-        }
+    /// Journal entries after `after` of the named tenants, oldest first, and the journal position this read
+    /// covers: the last entry returned when the limit was reached, else the journal head (entries of other
+    /// tenants up to it need nothing from this target).
+    pub fn fetch(&self, tenants: &[String], after: i64, limit: usize) -> Result<(Vec<Entry>, i64), StagingError> {
         self.with(|c| {
+            let tx = c.transaction()?;
+            let head: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0))?;
+            if tenants.is_empty() {
+                return Ok((Vec::new(), head));
+            }
             let marks = vec!["?"; tenants.len()].join(", ");
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM journal j JOIN tenants t ON t.id = j.tenant_id
-                 WHERE j.seq > ? AND t.name IN ({marks}) ORDER BY j.seq LIMIT ?"
+                 WHERE j.seq > ? AND j.seq <= ? AND t.name IN ({marks}) ORDER BY j.seq LIMIT ?"
             );
-            let mut values: Vec<rusqlite::types::Value> = vec![after.into()];
+            let mut values: Vec<rusqlite::types::Value> = vec![after.into(), head.into()];
             values.extend(tenants.iter().map(|t| rusqlite::types::Value::Text(t.clone())));
             values.push((limit as i64).into());
-            let mut stmt = c.prepare_cached(&sql)?;
-            let raw = stmt.query_map(params_from_iter(values), entry_from_row)?.collect::<Result<Vec<_>, _>>()?;
-            raw.into_iter().map(to_entry).collect()
+            let raw = {
+                let mut stmt = tx.prepare_cached(&sql)?;
+                stmt.query_map(params_from_iter(values), entry_from_row)?.collect::<Result<Vec<_>, _>>()?
+            };
+            let entries = raw.into_iter().map(to_entry).collect::<Result<Vec<_>, _>>()?;
+            let upto = if entries.len() >= limit { entries.last().map_or(head, |e| e.seq) } else { head };
+            Ok((entries, upto))
         })
     }
 
@@ -281,8 +289,15 @@ impl ReplayStore {
                     "INSERT OR REPLACE INTO replay_failures (target, seq, tenant_id, resource_id, state, attempts, next_attempt, last_error, updated)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?;
+                // A change already recorded as failed keeps its row when it is seen again (after a cursor
+                // reset): marking it "waiting" would leave its resource with nothing to retry.
+                let mut wait = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO replay_failures (target, seq, tenant_id, resource_id, state, attempts, next_attempt, last_error, updated)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
                 for f in &r.failures {
-                    fail.execute(params![f.target, f.seq, f.tenant.0, f.resource_id, f.state, f.attempts, f.next_attempt_ms, f.last_error, at])?;
+                    let stmt = if f.state == "waiting" { &mut wait } else { &mut fail };
+                    stmt.execute(params![f.target, f.seq, f.tenant.0, f.resource_id, f.state, f.attempts, f.next_attempt_ms, f.last_error, at])?;
                 }
                 if let Some(cursor) = r.cursor {
                     tx.execute(

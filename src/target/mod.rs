@@ -20,6 +20,8 @@ pub struct Entry {
     pub resource_id: String,
     pub op: Op,
     pub request_id: String,
+    /// When the change was acknowledged (RFC 3339).
+    pub at: String,
     /// The resource after the change (before it, for a delete).
     pub state: Map<String, Value>,
     pub members_added: Vec<String>,

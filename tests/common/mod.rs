@@ -19,6 +19,8 @@ pub struct TestServer {
     pub token: String,
     pub client: Client,
     pub staging_path: PathBuf,
+    /// How many targets the daemon replays into (wait_replayed waits for each).
+    pub targets: usize,
     dir: TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
@@ -42,7 +44,100 @@ impl TestServer {
             let _ = stopped.await;
         }));
         let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
-        TestServer { addr, base, token, client, staging_path, dir, stop: Some(stop), task: Some(task) }
+        TestServer { addr, base, token, client, staging_path, targets: 0, dir, stop: Some(stop), task: Some(task) }
+    }
+
+    /// The whole daemon (SCIM, staging, replay) with a configuration: `extra` is TOML appended after the
+    /// staging section (tenants, targets, replay settings). Tokens are issued for tenant-a (self.token).
+    pub async fn start_daemon(extra: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let staging_path = dir.path().join("staging.db");
+        let text = format!("[staging]\npath = {:?}\n{extra}", staging_path.display().to_string());
+        let config = scim_bridge::config::Config::parse(&text).expect("test config");
+        let (_, token) = staging::rotate_token(&staging_path, "tenant-a").expect("token");
+        Self::launch(config, dir, staging_path, token).await
+    }
+
+    async fn launch(
+        config: scim_bridge::config::Config,
+        dir: TempDir,
+        staging_path: PathBuf,
+        token: String,
+    ) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let base = format!("http://{addr}{}", config.server.base_path.trim_end_matches('/'));
+        let targets = config.targets.len();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            scim_bridge::daemon::run(&config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        TestServer { addr, base, token, client, staging_path, targets, dir, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the daemon and starts it again on the same staging database and configuration.
+    pub async fn restart_daemon(self, extra: &str) -> TestServer {
+        let token = self.token.clone();
+        let staging_path = self.staging_path.clone();
+        let dir = self.stop().await;
+        let text = format!("[staging]\npath = {:?}\n{extra}", staging_path.display().to_string());
+        let config = scim_bridge::config::Config::parse(&text).expect("test config");
+        Self::launch(config, dir, staging_path, token).await
+    }
+
+    /// Waits until every target has replayed the whole journal and nothing is due for a retry.
+    pub async fn wait_replayed(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let conn = rusqlite::Connection::open(&self.staging_path).expect("staging");
+            let head: i64 =
+                conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0)).expect("head");
+            let behind: i64 = conn
+                .query_row(
+                    "SELECT (SELECT COUNT(*) FROM replay_cursor WHERE last_seq < ?1) + (SELECT COUNT(*) FROM replay_failures WHERE state = 'retry')",
+                    [head],
+                    |r| r.get(0),
+                )
+                .expect("progress");
+            let targets: i64 = conn.query_row("SELECT COUNT(*) FROM replay_cursor", [], |r| r.get(0)).expect("cursors");
+            if behind == 0 && targets as usize >= self.targets {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replay did not catch up within 30 s (head {head}, behind {behind})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Rows of the staging database (failures, audit, links) for assertions.
+    pub fn staging_rows(&self, sql: &str) -> Vec<Vec<String>> {
+        let conn = rusqlite::Connection::open(&self.staging_path).expect("staging");
+        let mut stmt = conn.prepare(sql).expect("sql");
+        let n = stmt.column_count();
+        stmt.query_map([], |r| {
+            (0..n)
+                .map(|i| {
+                    Ok(match r.get_ref(i)? {
+                        rusqlite::types::ValueRef::Null => "NULL".to_owned(),
+                        rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                            String::from_utf8_lossy(t).into_owned()
+                        }
+                    })
+                })
+                .collect()
+        })
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows")
     }
 
     /// A token for another tenant of the same server.

@@ -321,16 +321,7 @@ impl Tx {
                     .fetch_all(&mut **tx)
                     .await
                     .map_err(classify_sqlx)?;
-                rows.iter()
-                    .map(|r| {
-                        (0..r.len())
-                            .map(|i| {
-                                r.try_get::<Option<String>, _>(i)
-                                    .map_err(|e| TargetError::Permanent(format!("reading column {i}: {e}")))
-                            })
-                            .collect()
-                    })
-                    .collect()
+                rows.iter().map(|r| (0..r.len()).map(|i| any_text(r, i)).collect()).collect()
             }
         }
     }
@@ -379,6 +370,26 @@ impl Tx {
             Tx::Sqlite(tx) => drop(tx),
         }
     }
+}
+
+/// A result column as text. Generated statements cast to text already; custom statements (a `create` that
+/// returns its new integer key) may not.
+fn any_text(r: &sqlx::any::AnyRow, i: usize) -> Result<Option<String>, TargetError> {
+    if let Ok(v) = r.try_get::<Option<String>, _>(i) {
+        return Ok(v);
+    }
+    if let Ok(v) = r.try_get::<Option<i64>, _>(i) {
+        return Ok(v.map(|n| n.to_string()));
+    }
+    if let Ok(v) = r.try_get::<Option<i32>, _>(i) {
+        return Ok(v.map(|n| n.to_string()));
+    }
+    if let Ok(v) = r.try_get::<Option<f64>, _>(i) {
+        return Ok(v.map(|n| n.to_string()));
+    }
+    r.try_get::<Option<bool>, _>(i).map(|v| v.map(|b| b.to_string())).map_err(|e| {
+        TargetError::Permanent(format!("result column {i} cannot be read as text; CAST it in the statement: {e}"))
+    })
 }
 
 /// Transient: the database is unreachable, restarting, or the statement lost a lock race. Permanent: the

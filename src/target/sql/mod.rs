@@ -166,10 +166,12 @@ impl<'a> Params<'a> {
     }
 }
 
-fn now_text() -> String {
-    // "YYYY-MM-DD HH:MM:SS": accepted by PostgreSQL timestamp casts, MySQL DATETIME and SQLite alike.
-    let s = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    s.trim_end_matches('Z').replacen('T', " ", 1)
+/// The time of a change as "YYYY-MM-DD HH:MM:SS" (UTC), accepted by PostgreSQL timestamp casts, MySQL
+/// DATETIME and SQLite alike. "NOW" in a flag table means the time the IdP made the change, not the time of
+/// replay, so that replaying a change again writes the same value.
+fn db_time(at: &str) -> String {
+    let t: String = at.chars().take(19).collect();
+    t.replacen('T', " ", 1)
 }
 
 impl SqlTarget {
@@ -214,7 +216,9 @@ impl SqlTarget {
         let groups = match &cfg.groups {
             GroupsConfig::Mode(m) if m == "ignore" => None,
             GroupsConfig::Mode(m) => {
-                return Err(format!("groups: {m:?} is not a mode; use \"ignore\" or a table (see config.toml.example)"));
+                return Err(format!(
+                    "groups: {m:?} is not a mode; use \"ignore\" or a table (see config.toml.example)"
+                ));
             }
             GroupsConfig::Table(g) => {
                 for (key, ident) in [
@@ -483,7 +487,8 @@ impl SqlTarget {
         let email = match_email(&e.state);
         let (key, was_linked) = self.find_user(tx, types, w, email.as_deref()).await?;
         let values = self.user_values(&e.state, &e.resource_id);
-        let mut named: HashMap<&str, SqlValue> = values.iter().map(|(c, v)| (*c, self.sql_value(v))).collect();
+        let at = e.at.as_str();
+        let mut named: HashMap<&str, SqlValue> = values.iter().map(|(c, v)| (*c, self.sql_value(v, at))).collect();
         named.insert("scim_id", SqlValue::Text(e.resource_id.clone()));
         named.insert("user_name", SqlValue::from_json(e.state.get("userName").unwrap_or(&Value::Null)));
         named.insert("match_email", email.clone().map(SqlValue::Text).unwrap_or(SqlValue::Null));
@@ -496,7 +501,7 @@ impl SqlTarget {
                 DeletePolicy::Block => {
                     let mut blocked = e.state.clone();
                     blocked.insert("active".into(), Value::Bool(false));
-                    self.block(tx, t, &key, &blocked, &e.resource_id, &named).await?;
+                    self.block(tx, t, &key, &blocked, &e.resource_id, &named, at).await?;
                     Ok(Applied {
                         key: Some(key),
                         outcome: "blocked",
@@ -535,20 +540,21 @@ impl SqlTarget {
         let (key, outcome) = match key {
             Some(key) => {
                 named.insert("key", SqlValue::Text(key.clone()));
-                let changed = self.update_user(tx, t, &key, &values, &named).await?;
+                let changed = self.update_user(tx, t, &key, &values, &named, at).await?;
                 if changed || self.row_exists(tx, t, &key).await? {
                     (key, if was_linked { "updated" } else { "linked" })
                 } else {
                     // The linked row was removed downstream: provision it again.
                     (
-                        self.insert_user(tx, types, &values, &mut named, email.as_deref(), &e.resource_id).await?,
+                        self.insert_user(tx, types, &values, &mut named, email.as_deref(), &e.resource_id, at).await?,
                         "created",
                     )
                 }
             }
-            None => {
-                (self.insert_user(tx, types, &values, &mut named, email.as_deref(), &e.resource_id).await?, "created")
-            }
+            None => (
+                self.insert_user(tx, types, &values, &mut named, email.as_deref(), &e.resource_id, at).await?,
+                "created",
+            ),
         };
         named.insert("key", SqlValue::Text(key.clone()));
         let active = e.state.get("active") != Some(&Value::Bool(false));
@@ -560,9 +566,9 @@ impl SqlTarget {
         Ok(Applied { key: Some(key), outcome, detail })
     }
 
-    fn sql_value(&self, v: &Value) -> SqlValue {
+    fn sql_value(&self, v: &Value, at: &str) -> SqlValue {
         match v {
-            Value::String(s) if s == NOW => SqlValue::Text(now_text()),
+            Value::String(s) if s == NOW => SqlValue::Text(db_time(at)),
             Value::String(s) if s == "NULL" => SqlValue::Null,
             other => SqlValue::from_json(other),
         }
@@ -575,6 +581,7 @@ impl SqlTarget {
         p: &mut Params<'_>,
         values: &[(&str, Value)],
         only: Option<&dyn Fn(&str) -> bool>,
+        at: &str,
     ) -> Vec<String> {
         let mut sets = Vec::new();
         for (col, v) in values {
@@ -583,10 +590,10 @@ impl SqlTarget {
             }
             let qc = self.q(col);
             if matches!(v, Value::String(s) if s == NOW) {
-                let ph = p.push(Some(col), SqlValue::Text(now_text()));
+                let ph = p.push(Some(col), SqlValue::Text(db_time(at)));
                 sets.push(format!("{qc} = COALESCE({qc}, {ph})"));
             } else {
-                let ph = p.push(Some(col), self.sql_value(v));
+                let ph = p.push(Some(col), self.sql_value(v, at));
                 sets.push(format!("{qc} = {ph}"));
             }
         }
@@ -600,13 +607,14 @@ impl SqlTarget {
         key: &str,
         values: &[(&str, Value)],
         named: &HashMap<&str, SqlValue>,
+        at: &str,
     ) -> Result<bool, TargetError> {
         if let Some(c) = &self.statements.update {
             return Ok(!self.run_custom_exec(tx, c, named).await?.is_zero());
         }
         let u = &self.users;
         let mut p = Params::new(self.dialect, t);
-        let mut sets = self.set_clauses(&mut p, values, None);
+        let mut sets = self.set_clauses(&mut p, values, None, at);
         if let Some(lc) = &u.link_column {
             let ph = p.push(Some(lc), named.get("scim_id").cloned().unwrap_or(SqlValue::Null));
             sets.push(format!("{} = {ph}", self.q(lc)));
@@ -649,6 +657,7 @@ impl SqlTarget {
         named: &mut HashMap<&str, SqlValue>,
         email: Option<&str>,
         scim_id: &str,
+        at: &str,
     ) -> Result<String, TargetError> {
         let u = &self.users;
         let t = types.get(&u.table);
@@ -671,7 +680,7 @@ impl SqlTarget {
         let mut phs = Vec::new();
         for (col, v) in values {
             cols.push(self.q(col));
-            phs.push(p.push(Some(col), self.sql_value(v)));
+            phs.push(p.push(Some(col), self.sql_value(v, at)));
         }
         if let Some(lc) = &u.link_column {
             cols.push(self.q(lc));
@@ -725,6 +734,7 @@ impl SqlTarget {
         blocked: &Map<String, Value>,
         id: &str,
         named: &HashMap<&str, SqlValue>,
+        at: &str,
     ) -> Result<(), TargetError> {
         if let Some(c) = &self.statements.block {
             self.run_custom(tx, c, named).await?;
@@ -741,7 +751,7 @@ impl SqlTarget {
         }
         let is_flag = |c: &str| flags.contains(&c);
         let mut p = Params::new(self.dialect, t);
-        let sets = self.set_clauses(&mut p, &values, Some(&is_flag));
+        let sets = self.set_clauses(&mut p, &values, Some(&is_flag), at);
         let kph = p.push(Some(&self.users.key), SqlValue::Text(key.to_owned()));
         let sql = format!(
             "UPDATE {} SET {} WHERE {} = {kph}",
@@ -941,6 +951,7 @@ fn placeholder_entry(scim_id: &str) -> super::Entry {
         resource_id: scim_id.to_owned(),
         op: Op::Create,
         request_id: String::new(),
+        at: String::new(),
         state: Map::new(),
         members_added: Vec::new(),
         members_removed: Vec::new(),

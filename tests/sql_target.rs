@@ -1,0 +1,548 @@
+//! The SQL target end to end: real SCIM requests to the daemon, replayed into the real PostgreSQL
+//! (127.0.0.1:5432) and MariaDB (127.0.0.1:3306) of this machine and into a SQLite file, asserting on the
+//! downstream rows. Each test creates its own database and drops it at the end. PostgreSQL and MariaDB must
+//! be running: these tests fail (they do not skip) when they are not.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestServer;
+use reqwest::Method;
+use serde_json::{Value, json};
+use sqlx::Row as _;
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Backend {
+    Postgres,
+    Mariadb,
+    Sqlite,
+}
+
+struct TestDb {
+    backend: Backend,
+    url: String,
+    name: String,
+    pool: Option<sqlx::AnyPool>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const MY_ADMIN: &str = "mysql://root@127.0.0.1:3306/mysql";
+
+async fn admin(url: &str) -> sqlx::AnyPool {
+    sqlx::any::install_default_drivers();
+    sqlx::any::AnyPoolOptions::new().max_connections(2).acquire_timeout(Duration::from_secs(5)).connect(url).await.unwrap_or_else(|e| {
+        panic!("cannot reach {url}: {e}. These tests need the machine's PostgreSQL and MariaDB running (see README, Tests).")
+    })
+}
+
+impl TestDb {
+    async fn create(backend: Backend) -> TestDb {
+        let name = format!("scimb_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        match backend {
+            Backend::Postgres => {
+                let a = admin(PG_ADMIN).await;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&a)
+                    .await
+                    .expect("create database");
+                let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+                let pool = admin(&url).await;
+                TestDb { backend, url, name, pool: Some(pool), _dir: None }
+            }
+            Backend::Mariadb => {
+                let a = admin(MY_ADMIN).await;
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&a)
+                    .await
+                    .expect("create database");
+                let url = format!("mysql://root@127.0.0.1:3306/{name}");
+                let pool = admin(&url).await;
+                TestDb { backend, url, name, pool: Some(pool), _dir: None }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("dir");
+                let path = dir.path().join("app.db");
+                rusqlite::Connection::open(&path).expect("sqlite");
+                TestDb { backend, url: format!("sqlite://{}", path.display()), name, pool: None, _dir: Some(dir) }
+            }
+        }
+    }
+
+    fn sqlite_path(&self) -> String {
+        self.url.trim_start_matches("sqlite://").to_owned()
+    }
+
+    async fn exec(&self, sql: &str) {
+        match &self.pool {
+            Some(p) => {
+                sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(p)
+                    .await
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+            None => {
+                rusqlite::Connection::open(self.sqlite_path())
+                    .expect("open")
+                    .execute_batch(sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
+        }
+    }
+
+    /// Text of a column expression, whatever its type.
+    fn t(&self, expr: &str) -> String {
+        match self.backend {
+            Backend::Mariadb => format!("CAST({expr} AS CHAR)"),
+            _ => format!("CAST({expr} AS TEXT)"),
+        }
+    }
+
+    async fn rows(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        match &self.pool {
+            Some(p) => sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+                .fetch_all(p)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| {
+                            r.try_get::<Option<String>, _>(i)
+                                .or_else(|_| r.try_get::<Option<i64>, _>(i).map(|v| v.map(|n| n.to_string())))
+                                .or_else(|_| r.try_get::<Option<i32>, _>(i).map(|v| v.map(|n| n.to_string())))
+                                .expect("a text or integer column")
+                        })
+                        .collect()
+                })
+                .collect(),
+            None => {
+                let c = rusqlite::Connection::open(self.sqlite_path()).expect("open");
+                let mut stmt = c.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+                let n = stmt.column_count();
+                stmt.query_map([], |r| {
+                    (0..n)
+                        .map(|i| {
+                            Ok(match r.get_ref(i)? {
+                                rusqlite::types::ValueRef::Null => None,
+                                rusqlite::types::ValueRef::Integer(v) => Some(v.to_string()),
+                                rusqlite::types::ValueRef::Real(v) => Some(v.to_string()),
+                                rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                                    Some(String::from_utf8_lossy(t).into_owned())
+                                }
+                            })
+                        })
+                        .collect()
+                })
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows")
+            }
+        }
+    }
+
+    async fn one(&self, sql: &str) -> Vec<Option<String>> {
+        let mut rows = self.rows(sql).await;
+        assert_eq!(rows.len(), 1, "{sql}: {rows:?}");
+        rows.remove(0)
+    }
+
+    async fn create_tables(&self, suffix: &str) {
+        let (id, text, ts) = match self.backend {
+            Backend::Postgres => ("SERIAL PRIMARY KEY", "TEXT", "TIMESTAMP NULL"),
+            Backend::Mariadb => ("INT AUTO_INCREMENT PRIMARY KEY", "TEXT", "DATETIME NULL"),
+            Backend::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", "TEXT NULL"),
+        };
+        self.exec(&format!(
+            "CREATE TABLE employees{suffix} (id {id}, email VARCHAR(320) NOT NULL, first_name {text}, last_name {text},
+             full_name {text}, department {text}, title {text}, notes {text}, blocked CHAR(1) NOT NULL DEFAULT 'N', blocked_at {ts})"
+        ))
+        .await;
+        self.exec(&format!("CREATE TABLE teams{suffix} (id {id}, name VARCHAR(200) NOT NULL)")).await;
+        self.exec(&format!(
+            "CREATE TABLE team_members{suffix} (team_id INTEGER NOT NULL, employee_id INTEGER NOT NULL, PRIMARY KEY (team_id, employee_id))"
+        ))
+        .await;
+    }
+
+    async fn drop_db(self) {
+        match self.backend {
+            Backend::Postgres => {
+                if let Some(p) = &self.pool {
+                    p.close().await;
+                }
+                let a = admin(PG_ADMIN).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)))
+                    .execute(&a)
+                    .await;
+            }
+            Backend::Mariadb => {
+                let a = admin(MY_ADMIN).await;
+                let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}", self.name)))
+                    .execute(&a)
+                    .await;
+            }
+            Backend::Sqlite => {}
+        }
+    }
+}
+
+fn target_toml(name: &str, url: &str, suffix: &str, policy: &str) -> String {
+    format!(
+        r#"
+[[target]]
+type = "sql"
+name = "{name}"
+url = "{url}"
+delete_policy = "{policy}"
+timeout_seconds = 2
+
+[target.users]
+table = "employees{suffix}"
+key = "id"
+match_column = "email"
+
+[target.users.columns]
+email = "@match_email"
+first_name = "name.givenName"
+last_name = "name.familyName"
+full_name = "{{name.givenName}} {{name.familyName}}"
+department = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"
+title = "title"
+notes = "nickName"
+blocked = {{ from = "!active", true = "Y", false = "N" }}
+blocked_at = {{ from = "!active", true = "NOW", false = "NULL" }}
+
+[target.groups]
+table = "teams{suffix}"
+key = "id"
+name_column = "name"
+member_table = "team_members{suffix}"
+member_group_column = "team_id"
+member_user_column = "employee_id"
+"#
+    )
+}
+
+fn config(db: &TestDb) -> String {
+    format!(
+        "[replay]\nmax_attempts = 2\nbackoff_initial_ms = 50\nbackoff_max_seconds = 1\n\
+         [[tenant]]\nname = \"tenant-a\"\ntargets = [\"crm\"]\n[[tenant]]\nname = \"tenant-b\"\ntargets = [\"crm_del\"]\n{}{}",
+        target_toml("crm", &db.url, "", "block"),
+        target_toml("crm_del", &db.url, "_d", "delete")
+    )
+}
+
+fn patch(ops: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
+}
+
+fn user(user_name: &str, given: &str, family: &str) -> Value {
+    json!({
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
+        "userName": user_name, "active": true,
+        "name": {"givenName": given, "familyName": family},
+        "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Sales"},
+    })
+}
+
+async fn post(s: &TestServer, token: &str, path: &str, body: &Value) -> String {
+    let (status, v) = common::send_as(s, token, Method::POST, path, Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn send(s: &TestServer, method: Method, path: &str, body: Option<&Value>) {
+    let (status, v) = s.send(method.clone(), path, body).await;
+    assert!(status == 200 || status == 204, "{method} {path}: {status} {v}");
+}
+
+async fn scenario(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    db.create_tables("").await;
+    db.create_tables("_d").await;
+    // Legacy rows: an employee who already exists, and two rows sharing one address.
+    db.exec("INSERT INTO employees (email, first_name, blocked) VALUES ('Ann.Legacy@Example.com', 'Old', 'N')").await;
+    db.exec("INSERT INTO employees (email, first_name, blocked) VALUES ('dup@example.com', 'D1', 'N')").await;
+    db.exec("INSERT INTO employees (email, first_name, blocked) VALUES ('dup@example.com', 'D2', 'N')").await;
+    let ann_key = db.one(&format!("SELECT {} FROM employees WHERE first_name = 'Old'", db.t("id"))).await[0].clone();
+    let cfg = config(&db);
+    let s = TestServer::start_daemon(&cfg).await;
+
+    // Link by email (case-insensitive), no duplicate.
+    let ann = post(&s, &s.token, "/Users", &user("ann.legacy@example.com", "Ann", "Lee")).await;
+    // Create.
+    let bob = post(&s, &s.token, "/Users", &user("bob@example.com", "Bob", "Stone")).await;
+    s.wait_replayed().await;
+    assert_eq!(
+        s.staging_rows("SELECT seq, last_error FROM replay_failures"),
+        Vec::<Vec<String>>::new(),
+        "no change failed"
+    );
+    let rows = db.rows(&format!("SELECT {}, first_name, full_name, department, {} FROM employees WHERE LOWER(email) = 'ann.legacy@example.com'", db.t("id"), db.t("blocked"))).await;
+    assert_eq!(
+        rows,
+        vec![vec![ann_key.clone(), Some("Ann".into()), Some("Ann Lee".into()), Some("Sales".into()), Some("N".into())]]
+    );
+    assert_eq!(
+        db.one(&format!("SELECT email, full_name, {} FROM employees WHERE first_name = 'Bob'", db.t("blocked"))).await,
+        [Some("bob@example.com".into()), Some("Bob Stone".into()), Some("N".into())]
+    );
+
+    // Update, block with Entra's "False", stay blocked across another update, unblock.
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "title", "value": "Buyer"}]))),
+    )
+    .await;
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    let blocked = db
+        .one(&format!(
+            "SELECT title, {}, {} FROM employees WHERE first_name = 'Bob'",
+            db.t("blocked"),
+            db.t("blocked_at")
+        ))
+        .await;
+    assert_eq!(blocked[..2], [Some("Buyer".into()), Some("Y".into())]);
+    assert!(blocked[2].is_some(), "blocked_at set: {blocked:?}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "title", "value": "Senior Buyer"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    let still = db
+        .one(&format!(
+            "SELECT title, {}, {} FROM employees WHERE first_name = 'Bob'",
+            db.t("blocked"),
+            db.t("blocked_at")
+        ))
+        .await;
+    assert_eq!(
+        still,
+        [Some("Senior Buyer".into()), Some("Y".into()), blocked[2].clone()],
+        "blocked_at kept while blocked"
+    );
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "True"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert_eq!(
+        db.one(&format!("SELECT {}, {} FROM employees WHERE first_name = 'Bob'", db.t("blocked"), db.t("blocked_at")))
+            .await,
+        [Some("N".into()), None]
+    );
+
+    // Ambiguous match: a dead letter naming both rows; later changes of that user wait; others go on.
+    let dup = post(&s, &s.token, "/Users", &user("dup@example.com", "Dup", "Licate")).await;
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{dup}"),
+        Some(&patch(json!([{"op": "replace", "path": "title", "value": "x"}]))),
+    )
+    .await;
+    let carol = post(&s, &s.token, "/Users", &user("carol@example.com", "Carol", "King")).await;
+    s.wait_replayed().await;
+    let failures = s.staging_rows(&format!(
+        "SELECT state, last_error FROM replay_failures WHERE resource_id = '{dup}' ORDER BY seq"
+    ));
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert_eq!(failures[0][0], "dead");
+    let dup_keys =
+        db.rows(&format!("SELECT {} FROM employees WHERE email = 'dup@example.com' ORDER BY id", db.t("id"))).await;
+    for k in &dup_keys {
+        assert!(failures[0][1].contains(k[0].as_deref().unwrap()), "error names key {k:?}: {}", failures[0][1]);
+    }
+    assert_eq!(failures[1][0], "waiting");
+    assert_eq!(db.rows("SELECT 1 FROM employees WHERE first_name = 'Carol'").await.len(), 1);
+    assert_eq!(db.rows("SELECT 1 FROM employees WHERE email = 'dup@example.com'").await.len(), 2, "no third row");
+
+    // Groups: a row per group, a join row per membership.
+    let team = post(
+        &s,
+        &s.token,
+        "/Groups",
+        &json!({"displayName": "Sales Team", "members": [{"value": ann}, {"value": bob}]}),
+    )
+    .await;
+    s.wait_replayed().await;
+    let team_key =
+        db.one(&format!("SELECT {} FROM teams WHERE name = 'Sales Team'", db.t("id"))).await[0].clone().unwrap();
+    assert_eq!(db.rows(&format!("SELECT 1 FROM team_members WHERE team_id = {team_key}")).await.len(), 2);
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Groups/{team}"),
+        Some(&patch(json!([{"op": "Remove", "path": format!("members[value eq \"{bob}\"]")}]))),
+    )
+    .await;
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Groups/{team}"),
+        Some(&patch(json!([{"op": "Replace", "path": "displayName", "value": "Sales EMEA"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert_eq!(
+        db.rows(&format!("SELECT {} FROM team_members WHERE team_id = {team_key}", db.t("employee_id"))).await,
+        vec![vec![ann_key.clone()]]
+    );
+    assert_eq!(db.one(&format!("SELECT name FROM teams WHERE id = {team_key}")).await, [Some("Sales EMEA".into())]);
+
+    // Values that would break string-built SQL are stored verbatim.
+    let nasty_given = "Robert'); DROP TABLE employees;--";
+    let nasty_family = "O\"Brien \\ ; -- /* */ ' OR '1'='1";
+    let long = "x".repeat(10_000);
+    let mut u = user("nasty@example.com", nasty_given, nasty_family);
+    u["nickName"] = json!(long);
+    if backend != Backend::Postgres {
+        u["title"] = json!("nul\u{0}inside"); // PostgreSQL text cannot hold NUL; see the PostgreSQL test below
+    }
+    post(&s, &s.token, "/Users", &u).await;
+    s.wait_replayed().await;
+    let row =
+        db.one("SELECT first_name, last_name, notes, title FROM employees WHERE email = 'nasty@example.com'").await;
+    assert_eq!(row[0].as_deref(), Some(nasty_given));
+    assert_eq!(row[1].as_deref(), Some(nasty_family));
+    assert_eq!(row[2].as_deref().map(str::len), Some(10_000));
+    assert!(row[2].as_deref().is_some_and(|n| n.bytes().all(|b| b == b'x')));
+    if backend != Backend::Postgres {
+        assert_eq!(row[3].as_deref(), Some("nul\u{0}inside"));
+    }
+
+    // DELETE with policy "block": the row stays, blocked.
+    send(&s, Method::DELETE, &format!("/Users/{carol}"), None).await;
+    s.wait_replayed().await;
+    assert_eq!(
+        db.one(&format!("SELECT {} FROM employees WHERE first_name = 'Carol'", db.t("blocked"))).await,
+        [Some("Y".into())]
+    );
+
+    // DELETE with policy "delete" (tenant-b → crm_del): row and memberships removed.
+    let token_b = s.token_for("tenant-b");
+    let dan = post(&s, &token_b, "/Users", &user("dan@example.com", "Dan", "Brown")).await;
+    post(&s, &token_b, "/Groups", &json!({"displayName": "Ops", "members": [{"value": dan}]})).await;
+    s.wait_replayed().await;
+    assert_eq!(db.rows("SELECT 1 FROM team_members_d").await.len(), 1);
+    let (status, _) = common::send_as(&s, &token_b, Method::DELETE, &format!("/Users/{dan}"), None).await;
+    assert_eq!(status, 204);
+    s.wait_replayed().await;
+    assert!(db.rows("SELECT 1 FROM employees_d").await.is_empty());
+    assert!(db.rows("SELECT 1 FROM team_members_d").await.is_empty());
+    assert!(
+        db.rows("SELECT 1 FROM employees WHERE first_name = 'Dan'").await.is_empty(),
+        "tenant-b's changes stay out of tenant-a's target"
+    );
+
+    // The audit trail names request, change and outcome.
+    let audit = s.staging_rows(&format!("SELECT outcome, downstream_key, request_id FROM audit WHERE target = 'crm' AND resource_id = '{ann}' ORDER BY id"));
+    assert_eq!(audit[0][0], "linked");
+    assert_eq!(Some(audit[0][1].clone()), ann_key);
+    assert_eq!(audit[0][2].len(), 32);
+
+    // Idempotence: deliver every change a second time (as after a crash between applying a batch and
+    // recording it), with the users' links forgotten so that they are found again by email: the
+    // downstream rows end up exactly the same.
+    let dump_sql = format!(
+        "SELECT {}, email, first_name, last_name, full_name, department, title, notes, {}, {} FROM employees ORDER BY id",
+        db.t("id"),
+        db.t("blocked"),
+        db.t("blocked_at")
+    );
+    let before = (
+        shorten(db.rows(&dump_sql).await),
+        db.rows(&format!("SELECT {}, {} FROM team_members ORDER BY 1, 2", db.t("team_id"), db.t("employee_id"))).await,
+    );
+    let dir = s.stop().await;
+    {
+        let c = rusqlite::Connection::open(dir.path().join("staging.db")).unwrap();
+        c.execute_batch("UPDATE replay_cursor SET last_seq = 0; DELETE FROM links WHERE kind = 'User';").unwrap();
+    }
+    let config = scim_bridge::config::Config::parse(&format!(
+        "[staging]\npath = {:?}\n{cfg}",
+        dir.path().join("staging.db").display().to_string()
+    ))
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        scim_bridge::daemon::run(&config, listener, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    wait_cursor(&dir.path().join("staging.db")).await;
+    let after = (
+        shorten(db.rows(&dump_sql).await),
+        db.rows(&format!("SELECT {}, {} FROM team_members ORDER BY 1, 2", db.t("team_id"), db.t("employee_id"))).await,
+    );
+    for (b, a) in before.0.iter().zip(&after.0) {
+        assert_eq!(b, a, "replaying the journal twice changed a downstream row");
+    }
+    assert_eq!(before, after, "replaying the journal twice changed the downstream rows");
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+    db.drop_db().await;
+}
+
+/// Long values as their length, so that a failed comparison prints readably.
+fn shorten(rows: Vec<Vec<Option<String>>>) -> Vec<Vec<Option<String>>> {
+    rows.into_iter()
+        .map(|r| {
+            r.into_iter().map(|v| v.map(|s| if s.len() > 100 { format!("<{} chars>", s.len()) } else { s })).collect()
+        })
+        .collect()
+}
+
+async fn wait_cursor(staging: &std::path::Path) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = rusqlite::Connection::open(staging).unwrap();
+        let (head, min): (i64, i64) = c
+            .query_row(
+                "SELECT (SELECT MAX(seq) FROM journal), (SELECT COALESCE(MIN(last_seq), 0) FROM replay_cursor)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        if min >= head {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "replay did not catch up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_target() {
+    scenario(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_target() {
+    scenario(Backend::Mariadb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_target() {
+    scenario(Backend::Sqlite).await;
+}
