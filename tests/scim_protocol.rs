@@ -430,12 +430,70 @@ async fn group_membership_edits_are_exact_and_atomic() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[0], ("create".into(), Some(json!([ids[0]]).to_string()), None));
     assert_eq!(rows[1], ("patch".into(), Some(json!([ids[1]]).to_string()), None));
     assert_eq!(
         rows[2],
         ("patch".into(), Some(json!([ids[2], ids[3]]).to_string()), Some(json!([ids[0], ids[1]]).to_string()))
     );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn odd_input_is_refused_or_ignored_without_harm() {
+    let s = TestServer::start().await;
+    let v = create(&s, &user("odd@x.com")).await;
+    let id = v["id"].as_str().unwrap().to_owned();
+    // Multibyte keys where a URN prefix is looked for: ignored, and the writer keeps working.
+    let p = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"abcé": "x", "urné:y": 1}}]});
+    let (status, _) = s.send(Method::PATCH, &format!("/Users/{id}"), Some(&p)).await;
+    assert_eq!(status, 200);
+    let (status, _) = s.send(Method::POST, "/Users", Some(&json!({"userName": "odd2@x.com", "ünïcode": 1}))).await;
+    assert_eq!(status, 201);
+    let (status, _) = s.send(Method::GET, "/Users?attributes=abcé", None).await;
+    assert_eq!(status, 400);
+    // A custom extension attribute in the same PATCH as a deactivation: the deactivation applies.
+    let p = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [
+        {"op": "Add", "path": "urn:ietf:params:scim:schemas:extension:custom:2.0:User:worksiteId", "value": "W1"},
+        {"op": "Replace", "path": "active", "value": "False"}]});
+    let (status, v) = s.send(Method::PATCH, &format!("/Users/{id}"), Some(&p)).await;
+    assert_eq!((status, v["active"].as_bool()), (200, Some(false)), "{v}");
+    // A bad `attributes` parameter on a write is refused before anything is stored.
+    let before = journal_count(&s);
+    let (status, _) = s.send(Method::POST, "/Users?attributes=shoeSize", Some(&user("late@x.com"))).await;
+    assert_eq!(status, 400);
+    assert_eq!(journal_count(&s), before);
+    let (_, l) = s.send(Method::GET, "/Users?filter=userName%20eq%20%22late@x.com%22", None).await;
+    assert_eq!(l["totalResults"], 0);
+    // Unquoted values that look like numbers but are not written as JSON writes them stay strings.
+    let mut u = user("num@x.com");
+    u["externalId"] = json!("1.50");
+    create(&s, &u).await;
+    let (_, l) = s.send(Method::GET, "/Users?filter=externalId%20eq%201.50", None).await;
+    assert_eq!(l["totalResults"], 1);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn indexed_lookups_stay_within_the_tenant() {
+    let s = TestServer::start().await;
+    let other = s.token_for("tenant-b");
+    let mut u = user("iso@x.com");
+    u["externalId"] = json!("EXT-ISO");
+    u["displayName"] = json!("Iso Lated");
+    create(&s, &u).await;
+    for filter in [
+        "userName%20eq%20%22iso@x.com%22",
+        "externalId%20eq%20%22EXT-ISO%22",
+        "emails.value%20eq%20%22iso@x.com%22",
+        "displayName%20eq%20%22Iso%20Lated%22",
+        "userName%20co%20%22iso%22",
+    ] {
+        let (_, l) = send_as(&s, &other, Method::GET, &format!("/Users?filter={filter}"), None).await;
+        assert_eq!(l["totalResults"], 0, "{filter}");
+        let (_, l) = s.send(Method::GET, &format!("/Users?filter={filter}"), None).await;
+        assert_eq!(l["totalResults"], 1, "{filter}");
+    }
     s.stop().await;
 }

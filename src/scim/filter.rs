@@ -440,8 +440,10 @@ fn bare_value(word: &str) -> Value {
         "true" => Value::Bool(true),
         "false" => Value::Bool(false),
         "null" => Value::Null,
+        // A number only when it reads back exactly as written: `1e3`, `1.50` or a 25-digit employee id
+        // would otherwise be rewritten and never match the string the IdP means.
         _ => match serde_json::from_str::<Value>(word) {
-            Ok(number @ Value::Number(_)) => number,
+            Ok(Value::Number(n)) if n.to_string() == word => Value::Number(n),
             _ => Value::String(word.to_string()),
         },
     }

@@ -183,7 +183,17 @@ fn apply_op(kind: Kind, doc: &mut Map<String, Value>, op: &PatchOp, strict: bool
         return apply_pathless(kind, doc, op.op, value, strict);
     };
     let a = &path.attr;
-    let r = schema::resolve(kind, a.schema.as_deref(), &a.attr, a.sub.as_deref())?;
+    let r = match schema::resolve(kind, a.schema.as_deref(), &a.attr, a.sub.as_deref()) {
+        Ok(r) => r,
+        // Outside strict mode an attribute this service does not know is ignored, as in POST and PUT:
+        // Entra sends mapped custom extension attributes in the same PATCH as `active`, and refusing the
+        // whole request would lose the deactivation with it.
+        Err(e) if !strict => {
+            tracing::debug!(path = op.raw_path.as_deref().unwrap_or_default(), reason = %e.detail, "PATCH operation on an unknown attribute ignored");
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     if matches!(r.attr.mutability, Mutability::ReadOnly) || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly)
     {
         return Err(ScimError::mutability(format!("attribute {:?} is read-only", r.attr.name)));
@@ -373,9 +383,10 @@ fn apply_filtered(
                     }
                 }
             } else {
+                let hit: std::collections::HashSet<usize> = hits.iter().copied().collect();
                 let mut i = 0;
                 items.retain(|_| {
-                    let keep = !hits.contains(&i);
+                    let keep = !hit.contains(&i);
                     i += 1;
                     keep
                 });
@@ -616,6 +627,20 @@ mod tests {
         ] {
             assert!(split_member_edits(&parse_request(&ops(needs_whole_set)).unwrap()).is_none());
         }
+    }
+
+    #[test]
+    fn unknown_paths_ignored_unless_strict() {
+        let body = ops(json!([
+            {"op": "Add", "path": "urn:ietf:params:scim:schemas:extension:custom:2.0:User:worksiteId", "value": "W1"},
+            {"op": "Replace", "path": "active", "value": "False"},
+        ]));
+        let d = run(Kind::User, json!({"userName": "a", "active": true}), body.clone()).unwrap();
+        assert_eq!(d["active"], json!(false));
+        let parsed = parse_request(&body).unwrap();
+        let Value::Object(mut m) = json!({"userName": "a"}) else { unreachable!() };
+        let e = apply(Kind::User, &mut m, &parsed, true).unwrap_err();
+        assert!(e.detail.contains("custom"), "{}", e.detail);
     }
 
     #[test]

@@ -303,7 +303,7 @@ async fn list(
     let start = number("startIndex")?.unwrap_or(1).max(1) as usize;
     let count =
         number("count")?.map(|c| c.max(0) as usize).unwrap_or(settings.default_page_size).min(settings.max_page_size);
-    let projection = Projection::parse(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
+    let projection = projection(kind, &q)?;
     let with_members = kind == Kind::Group && projection.wants("members");
     let page = state
         .staging
@@ -323,14 +323,17 @@ async fn list(
     Ok(scim_response(StatusCode::OK, Some(body)))
 }
 
+fn projection(kind: Kind, q: &[(String, String)]) -> Result<Projection, ScimError> {
+    Projection::parse(kind, param(q, "attributes"), param(q, "excludedAttributes"))
+}
+
 fn respond(
     status: StatusCode,
     stored: &Stored,
-    q: &[(String, String)],
+    projection: &Projection,
     headers: &HeaderMap,
     settings: &ScimSettings,
 ) -> Result<Response, ScimError> {
-    let projection = Projection::parse(stored.kind, param(q, "attributes"), param(q, "excludedAttributes"))?;
     let base = base_url(settings, headers);
     let body = projection.apply(render(stored, &base));
     let location = format!("{base}/{}/{}", stored.kind.endpoint(), stored.id);
@@ -372,6 +375,8 @@ async fn create(
     kind: Kind,
 ) -> Result<Response, ScimError> {
     let settings = &state.settings;
+    // Everything that can refuse the request is checked before the change is committed.
+    let projection = projection(kind, &q)?;
     let body = read_json(&headers, body, settings.max_body_bytes).await?;
     let doc = normalized(kind, &body, settings.strict)?;
     let committed = state
@@ -381,7 +386,7 @@ async fn create(
         .map_err(|e| internal(&ctx.request_id, e))?;
     let Some(stored) = committed.resource else { return Err(ScimError::internal()) };
     log_staged(&ctx, kind, "create", &stored.id, committed.seq.0);
-    respond(StatusCode::CREATED, &stored, &q, &headers, settings)
+    respond(StatusCode::CREATED, &stored, &projection, &headers, settings)
 }
 
 async fn get_one(
@@ -392,7 +397,7 @@ async fn get_one(
     headers: HeaderMap,
     kind: Kind,
 ) -> Result<Response, ScimError> {
-    let projection = Projection::parse(kind, param(&q, "attributes"), param(&q, "excludedAttributes"))?;
+    let projection = projection(kind, &q)?;
     let with_members = kind == Kind::Group && projection.wants("members");
     let stored = state
         .staging
@@ -400,7 +405,7 @@ async fn get_one(
         .await
         .map_err(|e| internal(&ctx.request_id, e))?
         .ok_or_else(|| ScimError::not_found(kind.as_str(), &id))?;
-    respond(StatusCode::OK, &stored, &q, &headers, &state.settings)
+    respond(StatusCode::OK, &stored, &projection, &headers, &state.settings)
 }
 
 async fn replace(
@@ -413,6 +418,7 @@ async fn replace(
     kind: Kind,
 ) -> Result<Response, ScimError> {
     let settings = &state.settings;
+    let projection = projection(kind, &q)?;
     let body = read_json(&headers, body, settings.max_body_bytes).await?;
     if let Some(body_id) = filter::get_ci(&body, "id").and_then(Value::as_str)
         && body_id != id
@@ -428,7 +434,7 @@ async fn replace(
         .map_err(|e| internal(&ctx.request_id, e))?;
     let Some(stored) = committed.resource else { return Err(ScimError::internal()) };
     log_staged(&ctx, kind, "replace", &stored.id, committed.seq.0);
-    respond(StatusCode::OK, &stored, &q, &headers, settings)
+    respond(StatusCode::OK, &stored, &projection, &headers, settings)
 }
 
 async fn patch_one(
@@ -441,6 +447,7 @@ async fn patch_one(
     kind: Kind,
 ) -> Result<Response, ScimError> {
     let settings = &state.settings;
+    let projection = projection(kind, &q)?;
     let body = read_json(&headers, body, settings.max_body_bytes).await?;
     let ops = patch::parse_request(&body)?;
     let change = Change::Patch { kind, id, ops, if_match: if_match(&headers) };
@@ -455,7 +462,7 @@ async fn patch_one(
         // RFC 7644 §3.5.2 allows 204; a group's full member list can be large, and neither Entra nor Okta
         // reads it back from a PATCH answer.
         Kind::Group => Ok(with_etag(scim_response(StatusCode::NO_CONTENT, None), stored.version)),
-        Kind::User => respond(StatusCode::OK, &stored, &q, &headers, settings),
+        Kind::User => respond(StatusCode::OK, &stored, &projection, &headers, settings),
     }
 }
 

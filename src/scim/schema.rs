@@ -292,11 +292,17 @@ pub fn resolve(kind: Kind, schema: Option<&str>, attr_name: &str, sub: Option<&s
     Ok(Resolved { extension, attr, sub })
 }
 
+/// Whether a key starts with "urn:" (any case). `get` rather than slicing: a multibyte character may
+/// straddle byte 4.
+pub fn is_urn(key: &str) -> bool {
+    key.len() > 4 && key.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("urn:"))
+}
+
 /// Splits a key as Entra writes it in path-less PATCH values and we accept in bodies:
 /// `name.givenName`, `urn:…:enterprise:2.0:User:department`, `urn:…:User:manager.value`.
 /// The schema is everything before the last ':' (URNs contain dots, as in "2.0", before that colon).
 pub fn split_key(key: &str) -> (Option<&str>, &str, Option<&str>) {
-    let (schema, rest) = if key.len() > 4 && key[..4].eq_ignore_ascii_case("urn:") {
+    let (schema, rest) = if is_urn(key) {
         match key.rfind(':') {
             Some(i) => (Some(&key[..i]), &key[i + 1..]),
             None => (None, key),
@@ -445,7 +451,7 @@ pub fn normalize_resource(kind: Kind, body: &Value, strict: bool) -> Result<Valu
                 let nested = json!({ r.sub.map(|s| s.name).unwrap_or_default(): v });
                 merge_complex(&mut out, r.extension, r.attr, &nested, strict)?;
             }
-            Err(_) if key.len() > 4 && key[..4].eq_ignore_ascii_case("urn:") && !strict => {
+            Err(_) if is_urn(key) && !strict => {
                 // Unknown extension schemas are ignored: Entra sends custom ones for mapped extra attributes.
             }
             Err(e) if strict => return Err(e),
@@ -668,6 +674,8 @@ mod tests {
         );
         assert_eq!(split_key("name.givenName"), (None, "name", Some("givenName")));
         assert_eq!(split_key("active"), (None, "active", None));
+        assert_eq!(split_key("abcé"), (None, "abcé", None));
+        assert_eq!(split_key("urné:x"), (None, "urné:x", None));
     }
 
     #[test]

@@ -138,7 +138,31 @@ fn open_connection(path: &Path) -> Result<Connection, StagingError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Refuse to run without the durability the contract promises (a filesystem without shared memory
+    // support would silently leave WAL off).
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") || sync != 2 {
+        return Err(StagingError::Open {
+            path: path.to_owned(),
+            source: rusqlite::Error::InvalidParameterName(format!(
+                "the staging database must run with journal_mode=WAL and synchronous=FULL, got {mode} and {sync}"
+            )),
+        });
+    }
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connections_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::open_connection(&dir.path().join("s.db")).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+    }
 }
 
 impl Staging {

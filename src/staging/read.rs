@@ -240,7 +240,24 @@ impl Staging {
                 let mut rows = raw.into_iter().map(|r| to_row(kind, r)).collect::<Result<Vec<_>, _>>()?;
                 return finish(conn, kind, total as usize, &mut rows, with_members);
             };
-            let candidates = match plan(kind, &f) {
+            // Matches are counted as rows stream by and only the requested page is kept, so a filter that
+            // needs a scan holds one page in memory, not the tenant's whole table.
+            let need_members = kind == Kind::Group && mentions_members(&f);
+            let mut total = 0usize;
+            let mut page: Vec<RowData> = Vec::new();
+            let mut consider = |mut row: RowData| -> Result<(), StagingError> {
+                if need_members {
+                    row.stored.members = Some(members_of(conn, row.seq)?);
+                }
+                if filter::matches(&f, &eval_doc(&row.stored)) {
+                    total += 1;
+                    if total > skip && page.len() < count {
+                        page.push(row);
+                    }
+                }
+                Ok(())
+            };
+            match plan(kind, &f) {
                 Some(lookups) => {
                     let mut rows = Vec::new();
                     for l in &lookups {
@@ -248,30 +265,20 @@ impl Staging {
                     }
                     rows.sort_by_key(|r| r.seq);
                     rows.dedup_by_key(|r| r.seq);
-                    rows
+                    for row in rows {
+                        consider(row)?;
+                    }
                 }
                 None => {
                     let mut stmt = conn.prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM resources WHERE tenant_id = ?1 AND kind = ?2 ORDER BY seq"
                     ))?;
-                    let raw = stmt
-                        .query_map(params![tenant.0, kind.as_str()], |r| row_data(kind, r))?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    raw.into_iter().map(|r| to_row(kind, r)).collect::<Result<Vec<_>, _>>()?
-                }
-            };
-            let need_members = kind == Kind::Group && mentions_members(&f);
-            let mut matched = Vec::new();
-            for mut row in candidates {
-                if need_members {
-                    row.stored.members = Some(members_of(conn, row.seq)?);
-                }
-                if filter::matches(&f, &eval_doc(&row.stored)) {
-                    matched.push(row);
+                    let mut rows = stmt.query(params![tenant.0, kind.as_str()])?;
+                    while let Some(r) = rows.next()? {
+                        consider(to_row(kind, row_data(kind, r)?)?)?;
+                    }
                 }
             }
-            let total = matched.len();
-            let mut page: Vec<RowData> = matched.into_iter().skip(skip).take(count).collect();
             finish(conn, kind, total, &mut page, with_members)
         })
         .await

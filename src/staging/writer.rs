@@ -3,7 +3,7 @@
 //! every request of the batch: many concurrent writes share one fsync (group commit) and none is answered
 //! before it is durable.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value, json};
@@ -49,7 +49,13 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
         let mut results = Vec::with_capacity(batch.len());
         for req in &batch {
             let sp = tx.savepoint()?;
-            match apply(&sp, req) {
+            // A bug in applying one change must fail that request, not kill the only writer thread.
+            let applied =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply(&sp, req))).unwrap_or_else(|_| {
+                    tracing::error!(request_id = %req.request_id, "applying a change panicked; the change was refused");
+                    Err(StagingError::Rejected(ScimError::internal()))
+                });
+            match applied {
                 Ok(c) => {
                     sp.commit()?;
                     results.push(Ok(c));
@@ -326,8 +332,24 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
         Change::Delete { kind, id, if_match } => {
             let cur = load(conn, tenant, *kind, id)?;
             check_if_match(if_match, cur.version)?;
+            let at = now();
+            // Groups listing this resource lose it with the delete (the membership rows cascade): each gets a
+            // journal entry of its own, so that replay removes the membership downstream too.
+            let containing: Vec<(i64, String, i64, String)> = conn
+                .prepare_cached(
+                    "SELECT g.seq, g.id, g.version, g.body FROM group_members m JOIN resources g ON g.seq = m.group_seq
+                     WHERE m.member_seq = ?1",
+                )?
+                .query_map([cur.seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
             conn.prepare_cached("DELETE FROM resources WHERE seq = ?1")?.execute([cur.seq])?;
-            let seq = journal(conn, req, *kind, id, "delete", &cur.doc, &[], &[], cur.version + 1, &now())?;
+            for (gseq, gid, gversion, gbody) in containing {
+                conn.prepare_cached("UPDATE resources SET version = ?2, last_modified = ?3 WHERE seq = ?1")?
+                    .execute(params![gseq, gversion + 1, at])?;
+                let gdoc = super::read::parse_body(&gbody)?;
+                journal(conn, req, Kind::Group, &gid, "patch", &gdoc, &[], &[id.clone()], gversion + 1, &at)?;
+            }
+            let seq = journal(conn, req, *kind, id, "delete", &cur.doc, &[], &[], cur.version + 1, &at)?;
             Ok(Committed { seq, resource: None })
         }
     }
@@ -396,6 +418,7 @@ fn apply_member_edits(
     let mut del = conn.prepare_cached("DELETE FROM group_members WHERE group_seq = ?1 AND member_seq = ?2")?;
     // Net effect per id, in first-touch order: (was a member before, is a member now).
     let mut net: Vec<(String, bool, bool)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for edit in edits {
         let (id, add) = match edit {
             patch::MemberEdit::Add(id) => (id, true),
@@ -414,9 +437,12 @@ fn apply_member_edits(
             return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
         }
         let changed = if add { ins.execute([group_seq, seq])? } else { del.execute([group_seq, seq])? } == 1;
-        match net.iter_mut().find(|(n, _, _)| *n == id) {
-            Some(entry) => entry.2 = add,
-            None => net.push((id, if changed { !add } else { add }, add)),
+        match index.get(&id) {
+            Some(&i) => net[i].2 = add,
+            None => {
+                index.insert(id.clone(), net.len());
+                net.push((id, if changed { !add } else { add }, add));
+            }
         }
     }
     let added = net.iter().filter(|(_, before, now)| !before && *now).map(|(id, _, _)| id.clone()).collect();

@@ -499,9 +499,7 @@ impl SqlTarget {
             named.insert("key", SqlValue::Text(key.clone()));
             return match self.delete_policy {
                 DeletePolicy::Block => {
-                    let mut blocked = e.state.clone();
-                    blocked.insert("active".into(), Value::Bool(false));
-                    self.block(tx, t, &key, &blocked, &e.resource_id, &named, at).await?;
+                    self.block(tx, t, &key, e, &named).await?;
                     Ok(Applied {
                         key: Some(key),
                         outcome: "blocked",
@@ -545,16 +543,10 @@ impl SqlTarget {
                     (key, if was_linked { "updated" } else { "linked" })
                 } else {
                     // The linked row was removed downstream: provision it again.
-                    (
-                        self.insert_user(tx, types, &values, &mut named, email.as_deref(), &e.resource_id, at).await?,
-                        "created",
-                    )
+                    (self.insert_user(tx, types, &values, &mut named, e).await?, "created")
                 }
             }
-            None => (
-                self.insert_user(tx, types, &values, &mut named, email.as_deref(), &e.resource_id, at).await?,
-                "created",
-            ),
+            None => (self.insert_user(tx, types, &values, &mut named, e).await?, "created"),
         };
         named.insert("key", SqlValue::Text(key.clone()));
         let active = e.state.get("active") != Some(&Value::Bool(false));
@@ -655,10 +647,11 @@ impl SqlTarget {
         types: &Types,
         values: &[(&str, Value)],
         named: &mut HashMap<&str, SqlValue>,
-        email: Option<&str>,
-        scim_id: &str,
-        at: &str,
+        e: &super::Entry,
     ) -> Result<String, TargetError> {
+        let (scim_id, at) = (e.resource_id.as_str(), e.at.as_str());
+        let email = match_email(&e.state);
+        let email = email.as_deref();
         let u = &self.users;
         let t = types.get(&u.table);
         if let Some(c) = &self.statements.create {
@@ -731,16 +724,18 @@ impl SqlTarget {
         tx: &mut Tx,
         t: Option<&HashMap<String, String>>,
         key: &str,
-        blocked: &Map<String, Value>,
-        id: &str,
+        e: &super::Entry,
         named: &HashMap<&str, SqlValue>,
-        at: &str,
     ) -> Result<(), TargetError> {
         if let Some(c) = &self.statements.block {
             self.run_custom(tx, c, named).await?;
             return Ok(());
         }
-        let values = self.user_values(blocked, id);
+        // The blocked representation: the mapping of this user as if `active` were false.
+        let mut blocked = e.state.clone();
+        blocked.insert("active".into(), Value::Bool(false));
+        let at = e.at.as_str();
+        let values = self.user_values(&blocked, &e.resource_id);
         let flags: Vec<&str> =
             self.users.columns.iter().filter(|c| c.source.is_flag()).map(|c| c.name.as_str()).collect();
         if flags.is_empty() {
