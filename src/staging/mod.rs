@@ -153,17 +153,6 @@ fn open_connection(path: &Path) -> Result<Connection, StagingError> {
     Ok(conn)
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn connections_are_durable() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = super::open_connection(&dir.path().join("s.db")).unwrap();
-        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
-        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
-        assert_eq!((mode.as_str(), sync), ("wal", 2));
-    }
-}
 
 impl Staging {
     /// Opens (creating if needed) the staging database, migrates it and starts the writer thread.
@@ -265,4 +254,16 @@ impl Staging {
 pub(crate) enum WriterMsg {
     Write(WriteRequest),
     Stop,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn connections_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::open_connection(&dir.path().join("s.db")).unwrap();
+        let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        let sync: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!((mode.as_str(), sync), ("wal", 2));
+    }
 }
