@@ -50,10 +50,16 @@ enum Command {
 }
 
 fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
-    match path {
-        Some(p) => Ok(Config::load(p)?),
-        None => Ok(Config::embedded()),
+    let mut config = match path {
+        Some(p) => Config::load(p)?,
+        None => Config::embedded(),
+    };
+    // Overrides for running several instances side by side (tests, trials) without editing the file.
+    if let Ok(listen) = std::env::var("SCIM_BRIDGE_LISTEN") {
+        config.server.listen = listen;
+        config.validate()?;
     }
+    Ok(config)
 }
 
 fn init_logging(level: &str) {

@@ -153,7 +153,6 @@ fn open_connection(path: &Path) -> Result<Connection, StagingError> {
     Ok(conn)
 }
 
-
 impl Staging {
     /// Opens (creating if needed) the staging database, migrates it and starts the writer thread.
     ///

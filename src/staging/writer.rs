@@ -347,7 +347,18 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
                 conn.prepare_cached("UPDATE resources SET version = ?2, last_modified = ?3 WHERE seq = ?1")?
                     .execute(params![gseq, gversion + 1, at])?;
                 let gdoc = super::read::parse_body(&gbody)?;
-                journal(conn, req, Kind::Group, &gid, "patch", &gdoc, &[], std::slice::from_ref(id), gversion + 1, &at)?;
+                journal(
+                    conn,
+                    req,
+                    Kind::Group,
+                    &gid,
+                    "patch",
+                    &gdoc,
+                    &[],
+                    std::slice::from_ref(id),
+                    gversion + 1,
+                    &at,
+                )?;
             }
             let seq = journal(conn, req, *kind, id, "delete", &cur.doc, &[], &[], cur.version + 1, &at)?;
             Ok(Committed { seq, resource: None })
