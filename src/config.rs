@@ -273,7 +273,8 @@ impl Config {
         }
     }
 
-    /// Builds the configured targets, with the tenants bound to each.
+    /// Builds the configured targets, with the tenants bound to each. Needs a Tokio runtime (connection
+    /// pools are prepared, not connected).
     ///
     /// # Errors
     /// A target whose settings are invalid, naming the key (`target.<name>.<key>`).
@@ -340,21 +341,22 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn example_config_is_valid() {
+    #[tokio::test]
+    async fn example_config_is_valid() {
         let text = include_str!("../config.toml.example");
-        Config::parse(text).unwrap();
+        let c = Config::parse(text).unwrap();
+        assert_eq!(c.bindings().unwrap()[0].tenants, ["entra-prod"]);
     }
 
-    #[test]
-    fn embedded_default_parses_and_builds() {
+    #[tokio::test]
+    async fn embedded_default_parses_and_builds() {
         let c = Config::parse(EMBEDDED).unwrap();
         assert_eq!(c.tenants[0].name, "default");
         assert_eq!(c.bindings().unwrap().len(), 1);
     }
 
-    #[test]
-    fn target_errors_name_the_key() {
+    #[tokio::test]
+    async fn target_errors_name_the_key() {
         let base = "[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\nurl = \"sqlite:///tmp/x.db\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n[target.users.columns]\n";
         let c = Config::parse(&format!("{base}first = \"name.givenName\"\n")).unwrap();
         assert_eq!(c.bindings().unwrap()[0].tenants, ["t"]);

@@ -24,7 +24,11 @@ enum Command {
     /// Run the daemon.
     Serve,
     /// Validate the config file and exit (run by the systemd unit before start and reload).
-    CheckConfig,
+    CheckConfig {
+        /// Also connect to every target and check that its tables and columns exist.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Create a tenant, or rotate its token, and print the new token once. The old token stops working at once.
     Token {
         /// Tenant name (letters, digits, '-', '_', '.').
@@ -73,7 +77,7 @@ fn init_logging(level: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::CheckConfig => check_config(&cli.config),
+        Command::CheckConfig { connect } => check_config(&cli.config, *connect),
         Command::Token { tenant } => token(&cli.config, tenant),
         Command::Serve => serve(&cli.config),
         Command::Status => status(&cli.config),
@@ -89,16 +93,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(path: &Option<PathBuf>) -> anyhow::Result<()> {
+fn check_config(path: &Option<PathBuf>, connect: bool) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    config.bindings()?;
-    match path {
-        Some(p) => {
-            println!("{}: OK (listen {}, staging {})", p.display(), config.server.listen, config.staging.path.display())
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("while starting the runtime")?;
+    runtime.block_on(async {
+        let bindings = config.bindings()?;
+        match path {
+            Some(p) => println!(
+                "{}: OK (listen {}, staging {}, {} target(s))",
+                p.display(),
+                config.server.listen,
+                config.staging.path.display(),
+                bindings.len()
+            ),
+            None => println!("no config file given: the embedded default is valid"),
         }
-        None => println!("no config file given: the embedded default is valid"),
-    }
-    Ok(())
+        let mut failed = 0;
+        if connect {
+            for b in &bindings {
+                match tokio::time::timeout(std::time::Duration::from_secs(30), b.target.check()).await {
+                    Ok(Ok(())) => println!("target {}: reachable, tables and columns as configured", b.target.name()),
+                    Ok(Err(e)) => {
+                        failed += 1;
+                        println!("target {}: {e}", b.target.name());
+                    }
+                    Err(_) => {
+                        failed += 1;
+                        println!("target {}: no answer within 30 s", b.target.name());
+                    }
+                }
+            }
+        }
+        if failed > 0 {
+            anyhow::bail!("{failed} target(s) failed the check");
+        }
+        Ok(())
+    })
 }
 
 fn token(path: &Option<PathBuf>, tenant: &str) -> anyhow::Result<()> {

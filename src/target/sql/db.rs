@@ -408,7 +408,10 @@ fn classify_sqlx(e: sqlx::Error) -> TargetError {
                 || code.starts_with("57P") // admin shutdown, cannot connect now
                 || code == "40001" || code == "40P01" // serialization failure, deadlock
                 || code == "55P03" // lock not available
-                || msg.contains("Lock wait timeout") || msg.contains("Deadlock found");
+                || code.starts_with("28") // authentication: the target's settings, not this change
+                || code == "3D000" // the database does not exist (yet)
+                || msg.contains("Lock wait timeout") || msg.contains("Deadlock found")
+                || msg.contains("Access denied") || msg.contains("Unknown database");
             let text = if code.is_empty() { msg } else { format!("{msg} (SQLSTATE {code})") };
             if transient { TargetError::Transient(text) } else { TargetError::Permanent(text) }
         }

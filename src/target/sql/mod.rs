@@ -366,8 +366,11 @@ impl SqlTarget {
         entries: &[super::Entry],
         links: &mut Links,
     ) -> Result<Vec<Applied>, (usize, TargetError)> {
-        let types = self.types().await.map_err(|e| (0, e))?;
-        let mut tx = self.db.begin().await.map_err(|e| (0, e))?;
+        // Failing to introspect or to open a transaction concerns the whole target, never one change: it
+        // must not turn the changes of this batch into dead letters.
+        let target_wide = |e: TargetError| (0, TargetError::Transient(e.to_string()));
+        let types = self.types().await.map_err(target_wide)?;
+        let mut tx = self.db.begin().await.map_err(target_wide)?;
         let mut out = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             let id = (entry.tenant, entry.resource_id.clone());
