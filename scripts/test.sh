@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine as in CI: makes sure the services the tests talk to are up
-# (PostgreSQL on 127.0.0.1:5432, MariaDB on 127.0.0.1:3306), then runs every test.
+# (PostgreSQL on 127.0.0.1:5432, MariaDB on 127.0.0.1:3306), installs OpenLDAP's slapd when missing,
+# then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,15 @@ if ! (exec 3<>/dev/tcp/127.0.0.1/3306) 2>/dev/null; then
         need "MariaDB is not installed: the SQL target tests need it on 127.0.0.1:3306 (root, empty password)"
         exit 1
     fi
+fi
+
+# OpenLDAP's slapd and tools for the LDAP target tests (each test starts its own slapd in a temporary
+# directory on a free loopback port); openssl makes their TLS certificates.
+if ! [ -x /usr/sbin/slapd ] || ! [ -x /usr/sbin/slapadd ] || ! command -v openssl >/dev/null; then
+    need "installing slapd, ldap-utils and openssl from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq slapd ldap-utils openssl >/dev/null
 fi
 
 cargo test --locked --all-targets "$@"

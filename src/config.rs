@@ -65,12 +65,14 @@ pub struct TenantConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum TargetConfig {
     Sql(SqlTargetConfig),
+    Ldap(crate::target::ldap::config::LdapTargetConfig),
 }
 
 impl TargetConfig {
     pub fn name(&self) -> &str {
         match self {
             TargetConfig::Sql(c) => &c.name,
+            TargetConfig::Ldap(c) => &c.name,
         }
     }
 }
@@ -285,6 +287,9 @@ impl Config {
                 let target = match t {
                     TargetConfig::Sql(c) => {
                         crate::target::sql::SqlTarget::from_config(c).map(crate::target::Target::Sql)
+                    }
+                    TargetConfig::Ldap(c) => {
+                        crate::target::ldap::LdapTarget::from_config(c).map(crate::target::Target::Ldap)
                     }
                 }
                 .map_err(|e| {

@@ -32,6 +32,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
+    // Only rustls's ring provider is compiled in (sqlx and ldap3 are built with it), so rustls would pick it
+    // on its own; installing it here makes the choice explicit and immune to a dependency that enables a
+    // second provider, which would otherwise make rustls panic on first use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let bindings = config.bindings()?;
     let staging = Staging::open(&config.staging.path, config.staging_options())?;
     let store = ReplayStore::open(&config.staging.path)?;

@@ -111,6 +111,11 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_resource ON audit(tenant_id, resource_id, id);
     "#,
+    // 3: whether a link's downstream entry was created by scim-bridge or found by email (LDAP renames only
+    // the entries it created).
+    r#"
+    ALTER TABLE links ADD COLUMN origin TEXT NOT NULL DEFAULT 'linked' CHECK (origin IN ('created', 'linked'));
+    "#,
 ];
 
 /// Brings the database to the latest schema version.
@@ -158,7 +163,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 2);
+        assert_eq!(latest_version(), 3);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

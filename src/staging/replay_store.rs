@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{StagingError, TenantId, open_connection, read::parse_body};
 use crate::scim::schema::Kind;
-use crate::target::{Applied, Entry, Links, Op};
+use crate::target::{Applied, Entry, Link, Links, Op};
 
 /// A failed entry as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,12 +160,15 @@ impl ReplayStore {
     pub fn links(&self, target: &str, ids: &HashSet<(TenantId, String)>) -> Result<Links, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT downstream_key FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3",
+                "SELECT downstream_key, origin FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3",
             )?;
             let mut out = Links::new();
             for (tenant, id) in ids {
-                if let Some(k) = stmt.query_row(params![target, tenant.0, id], |r| r.get::<_, String>(0)).optional()? {
-                    out.insert((*tenant, id.clone()), k);
+                let row = stmt
+                    .query_row(params![target, tenant.0, id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .optional()?;
+                if let Some((key, origin)) = row {
+                    out.insert((*tenant, id.clone()), Link { key, created: origin == "created" });
                 }
             }
             Ok(out)
@@ -263,8 +266,9 @@ impl ReplayStore {
             let at = now();
             {
                 let mut link = tx.prepare_cached(
-                    "INSERT INTO links (target, tenant_id, resource_id, kind, downstream_key, linked) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                     ON CONFLICT (target, tenant_id, resource_id) DO UPDATE SET downstream_key = excluded.downstream_key",
+                    "INSERT INTO links (target, tenant_id, resource_id, kind, downstream_key, linked, origin) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (target, tenant_id, resource_id) DO UPDATE SET downstream_key = excluded.downstream_key,
+                        origin = CASE WHEN excluded.origin = 'created' THEN 'created' ELSE links.origin END",
                 )?;
                 let mut unlink = tx.prepare_cached("DELETE FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3")?;
                 let mut audit = tx.prepare_cached(
@@ -273,7 +277,10 @@ impl ReplayStore {
                 )?;
                 for (e, a) in &r.applied {
                     match &a.key {
-                        Some(k) => link.execute(params![r.target, e.tenant.0, e.resource_id, e.kind.as_str(), k, at])?,
+                        Some(k) => {
+                            let origin = if a.outcome == "created" { "created" } else { "linked" };
+                            link.execute(params![r.target, e.tenant.0, e.resource_id, e.kind.as_str(), k, at, origin])?
+                        }
                         None => unlink.execute(params![r.target, e.tenant.0, e.resource_id])?,
                     };
                     audit.execute(params![at, r.target, e.tenant.0, e.seq, e.request_id, e.kind.as_str(), e.resource_id, e.op.as_str(), a.key, a.outcome, a.detail])?;

@@ -2,6 +2,7 @@
 //! idempotently (applying an entry twice leaves the same downstream state), and tells transient failures
 //! (retry without limit) from permanent ones (retry a few times, then a dead letter).
 
+pub mod ldap;
 pub mod sql;
 
 use std::collections::HashMap;
@@ -89,18 +90,42 @@ impl TargetError {
     }
 }
 
-/// Downstream keys of linked resources: (tenant, SCIM id) → key. Group replay reads user keys from it.
-pub type Links = HashMap<(TenantId, String), String>;
+/// The downstream row or entry a resource is linked to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub key: String,
+    /// scim-bridge created it (rather than finding an existing one by email): only such entries are
+    /// renamed when their naming attribute changes.
+    pub created: bool,
+}
+
+/// Links of resources: (tenant, SCIM id) → link. Group replay reads user keys from it.
+pub type Links = HashMap<(TenantId, String), Link>;
+
+/// Records the outcome of applying an entry in a links map.
+pub fn remember(links: &mut Links, id: (TenantId, String), applied: &Applied) {
+    match &applied.key {
+        Some(k) => {
+            let created = applied.outcome == "created" || links.get(&id).is_some_and(|l| l.created);
+            links.insert(id, Link { key: k.clone(), created });
+        }
+        None => {
+            links.remove(&id);
+        }
+    }
+}
 
 /// A configured target.
 pub enum Target {
     Sql(sql::SqlTarget),
+    Ldap(ldap::LdapTarget),
 }
 
 impl Target {
     pub fn name(&self) -> &str {
         match self {
             Target::Sql(t) => t.name(),
+            Target::Ldap(t) => t.name(),
         }
     }
 
@@ -115,6 +140,7 @@ impl Target {
     ) -> Result<Vec<Applied>, (usize, TargetError)> {
         match self {
             Target::Sql(t) => t.apply_batch(entries, links).await,
+            Target::Ldap(t) => t.apply_batch(entries, links).await,
         }
     }
 
@@ -125,6 +151,7 @@ impl Target {
     pub async fn check(&self) -> Result<(), TargetError> {
         match self {
             Target::Sql(t) => t.check().await,
+            Target::Ldap(t) => t.check().await,
         }
     }
 
@@ -132,6 +159,8 @@ impl Target {
     pub fn parallelism(&self) -> usize {
         match self {
             Target::Sql(t) => t.parallelism(),
+            // Operations share one multiplexed connection; a few in flight hide the round trips.
+            Target::Ldap(_) => 4,
         }
     }
 
@@ -139,6 +168,7 @@ impl Target {
     pub fn replays_groups(&self) -> bool {
         match self {
             Target::Sql(t) => t.replays_groups(),
+            Target::Ldap(t) => t.replays_groups(),
         }
     }
 }

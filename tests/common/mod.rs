@@ -2,6 +2,8 @@
 //! HTTP client.
 #![allow(dead_code)]
 
+pub mod slapd;
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -374,17 +374,14 @@ impl SqlTarget {
         let mut out = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             let id = (entry.tenant, entry.resource_id.clone());
-            let w = Work { entry, link: links.get(&id).cloned() };
+            let w = Work { entry, link: links.get(&id).map(|l| l.key.clone()) };
             let r = match entry.kind {
                 Kind::User => self.apply_user(&mut tx, types, &w).await,
                 Kind::Group => self.apply_group(&mut tx, types, &w, links).await,
             };
             match r {
                 Ok(a) => {
-                    match &a.key {
-                        Some(k) => links.insert(id, k.clone()),
-                        None => links.remove(&id),
-                    };
+                    super::remember(links, id, &a);
                     out.push(a);
                 }
                 Err(e) => {
@@ -878,7 +875,7 @@ impl SqlTarget {
         let mut changes = Vec::new();
         for (ids, add) in [(&e.members_added, true), (&e.members_removed, false)] {
             for id in ids.iter() {
-                let Some(user_key) = links.get(&(e.tenant, id.clone())) else {
+                let Some(user_key) = links.get(&(e.tenant, id.clone())).map(|l| &l.key) else {
                     if add {
                         return Err(TargetError::Permanent(format!(
                             "member {id} has no downstream row yet (its user has not been replayed into this target)"

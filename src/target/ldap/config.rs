@@ -1,0 +1,113 @@
+//! Configuration of an LDAP target (`[[target]]` with `type = "ldap"`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::target::sql::config::DeletePolicy;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapTargetConfig {
+    pub name: String,
+    /// `ldap://host:389` or `ldaps://host:636`.
+    pub url: String,
+    /// Upgrade an ldap:// connection with StartTLS before binding.
+    #[serde(default)]
+    pub starttls: bool,
+    /// A PEM file of the CA certificates to trust for TLS, instead of the system's trust store (for a
+    /// directory whose certificate comes from a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// The DN to bind as (simple bind).
+    pub bind_dn: String,
+    /// Exactly one of password_file (a file holding the password) and password_env (an environment variable).
+    pub password_file: Option<PathBuf>,
+    pub password_env: Option<String>,
+    /// Seconds for connecting and for each operation before the directory counts as unreachable.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+    /// "block" (default: apply the disable representation, keep the entry) or "delete".
+    #[serde(default)]
+    pub delete_policy: DeletePolicy,
+    pub users: LdapUsers,
+    #[serde(default)]
+    pub disable: Disable,
+    pub groups: Option<LdapGroups>,
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapUsers {
+    /// Where user entries are created.
+    pub base_dn: String,
+    /// The RDN: `attribute={template}`, e.g. `uid={userName}` or `cn={displayName}`. A change of the value
+    /// renames the entry (modrdn).
+    pub rdn: String,
+    #[serde(default = "default_user_classes")]
+    pub object_classes: Vec<String>,
+    /// The filter that finds an existing entry for a new user, `{match_email}` replaced by the match email
+    /// (escaped per RFC 4515).
+    #[serde(default = "default_match")]
+    pub match_filter: String,
+    /// attribute = source, in the same mapping language as the SQL target's columns.
+    pub attributes: BTreeMap<String, String>,
+}
+
+fn default_user_classes() -> Vec<String> {
+    vec!["inetOrgPerson".into()]
+}
+fn default_match() -> String {
+    "(mail={match_email})".into()
+}
+
+/// How a deactivated user is represented.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Disable {
+    /// Set `attribute: value` while disabled, remove it when enabled (e.g. employeeType: blocked).
+    Attribute { attribute: String, value: String },
+    /// OpenLDAP ppolicy: pwdAccountLockedTime 000001010000Z (locked until an administrator unlocks).
+    #[default]
+    Ppolicy,
+    /// Active Directory: bit 0x2 (ACCOUNTDISABLE) of userAccountControl, other bits kept.
+    Ad,
+    /// Move the entry below another base DN while disabled, and back.
+    Move { disabled_base_dn: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LdapGroups {
+    pub base_dn: String,
+    /// `cn={displayName}`.
+    #[serde(default = "default_group_rdn")]
+    pub rdn: String,
+    /// groupOfNames, groupOfUniqueNames or posixGroup.
+    #[serde(default = "default_group_class")]
+    pub object_class: String,
+    /// groupOfNames and groupOfUniqueNames need at least one member: this DN stands in while a group has
+    /// none, and is removed when a real member arrives.
+    #[serde(default = "default_empty_member")]
+    pub empty_member: String,
+    /// posixGroup: the first gidNumber handed out; later groups get the highest in use plus one.
+    #[serde(default = "default_gid")]
+    pub gid_start: u32,
+}
+
+fn default_group_rdn() -> String {
+    "cn={displayName}".into()
+}
+fn default_group_class() -> String {
+    "groupOfNames".into()
+}
+fn default_empty_member() -> String {
+    "cn=empty-membership-placeholder".into()
+}
+fn default_gid() -> u32 {
+    10000
+}

@@ -1,0 +1,388 @@
+//! The LDAP target end to end: real SCIM requests to the daemon, replayed into a throwaway OpenLDAP slapd
+//! (tests/common/slapd.rs), asserting on entries read back with ldap3.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::TestServer;
+use common::slapd::{ADMIN_DN, ADMIN_PW, SUFFIX, Slapd};
+use ldap3::{LdapConnAsync, Scope, SearchEntry};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+const USER_PW: &str = "Correct-Horse-1";
+
+async fn admin(slapd: &Slapd) -> ldap3::Ldap {
+    let (conn, mut l) = LdapConnAsync::new(&slapd.url()).await.expect("connect");
+    ldap3::drive!(conn);
+    l.simple_bind(ADMIN_DN, ADMIN_PW).await.unwrap().success().unwrap();
+    l
+}
+
+async fn entry(slapd: &Slapd, dn: &str) -> Option<SearchEntry> {
+    let mut l = admin(slapd).await;
+    match l.search(dn, Scope::Base, "(objectClass=*)", vec!["*", "+"]).await.unwrap().success() {
+        Ok((rs, _)) => rs.into_iter().next().map(SearchEntry::construct),
+        Err(_) => None,
+    }
+}
+
+async fn find(slapd: &Slapd, base: &str, filter: &str) -> Vec<SearchEntry> {
+    let mut l = admin(slapd).await;
+    let (rs, _) = l.search(base, Scope::Subtree, filter, vec!["*", "+"]).await.unwrap().success().unwrap();
+    rs.into_iter().map(SearchEntry::construct).collect()
+}
+
+fn attr(e: &SearchEntry, name: &str) -> Vec<String> {
+    let mut v = e.attrs.get(name).cloned().unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The result code of binding as a user.
+async fn bind_rc(slapd: &Slapd, dn: &str, pw: &str) -> u32 {
+    let (conn, mut l) = LdapConnAsync::new(&slapd.url()).await.expect("connect");
+    ldap3::drive!(conn);
+    l.simple_bind(dn, pw).await.unwrap().rc
+}
+
+fn config(slapd: &Slapd, disable: &str, policy: &str, classes: &str, extra_attrs: &str) -> String {
+    let pw_file = slapd.dir.path().join("bind-password");
+    std::fs::write(&pw_file, format!("{ADMIN_PW}\n")).unwrap();
+    format!(
+        r#"
+[replay]
+max_attempts = 2
+backoff_initial_ms = 50
+backoff_max_seconds = 1
+
+[[tenant]]
+name = "tenant-a"
+targets = ["dir"]
+
+[[target]]
+type = "ldap"
+name = "dir"
+url = "{url}"
+bind_dn = "{ADMIN_DN}"
+password_file = {pw:?}
+timeout_seconds = 2
+delete_policy = "{policy}"
+
+[target.users]
+base_dn = "ou=people,{SUFFIX}"
+rdn = "uid={{userName}}"
+object_classes = [{classes}]
+
+[target.users.attributes]
+cn = "{{name.givenName}} {{name.familyName}}"
+sn = "name.familyName"
+givenName = "name.givenName"
+mail = "@match_email"
+title = "title"
+userPassword = "'{USER_PW}'"
+{extra_attrs}
+
+[target.disable]
+{disable}
+
+[target.groups]
+base_dn = "ou=groups,{SUFFIX}"
+object_class = "groupOfNames"
+"#,
+        url = slapd.url(),
+        pw = pw_file.display().to_string(),
+    )
+}
+
+fn user(user_name: &str, given: &str, family: &str) -> Value {
+    json!({"userName": user_name, "active": true, "name": {"givenName": given, "familyName": family}})
+}
+
+fn patch(ops: Value) -> Value {
+    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
+}
+
+async fn post(s: &TestServer, path: &str, body: &Value) -> String {
+    let (status, v) = s.send(Method::POST, path, Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn send(s: &TestServer, method: Method, path: &str, body: Option<&Value>) {
+    let (status, v) = s.send(method.clone(), path, body).await;
+    assert!(status == 200 || status == 204, "{method} {path}: {status} {v}");
+}
+
+fn people(uid: &str) -> String {
+    format!("uid={},ou=people,{SUFFIX}", ldap3::dn_escape(uid))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_groups_and_ppolicy_lock() {
+    let slapd = Slapd::start();
+    {
+        let mut l = admin(&slapd).await;
+        for (uid, mail) in
+            [("legacy", "Ann.Legacy@Example.com"), ("dup1", "dup@example.com"), ("dup2", "dup@example.com")]
+        {
+            let attrs: Vec<(&str, HashSet<&str>)> = vec![
+                ("objectClass", ["inetOrgPerson"].into()),
+                ("uid", [uid].into()),
+                ("cn", ["Legacy Entry"].into()),
+                ("sn", ["Entry"].into()),
+                ("mail", [mail].into()),
+            ];
+            l.add(&people(uid), attrs).await.unwrap().success().unwrap();
+        }
+    }
+    let s = TestServer::start_daemon(&config(&slapd, "method = \"ppolicy\"", "block", "\"inetOrgPerson\"", "")).await;
+
+    // Link an existing entry by mail (case-insensitive): no new entry, attributes updated.
+    let ann = post(&s, "/Users", &user("ann.legacy@example.com", "Ann", "Lee")).await;
+    let bob = post(&s, "/Users", &user("bob@example.com", "Bob", "Stone")).await;
+    s.wait_replayed().await;
+    let legacy = entry(&slapd, &people("legacy")).await.expect("legacy entry");
+    assert_eq!(attr(&legacy, "givenName"), ["Ann"]);
+    assert_eq!(attr(&legacy, "cn"), ["Ann Lee"]);
+    assert!(entry(&slapd, &people("ann.legacy@example.com")).await.is_none(), "no duplicate entry");
+    let bob_dn = people("bob@example.com");
+    let e = entry(&slapd, &bob_dn).await.expect("bob created");
+    assert_eq!(
+        (attr(&e, "cn"), attr(&e, "sn"), attr(&e, "mail")),
+        (vec!["Bob Stone".to_owned()], vec!["Stone".to_owned()], vec!["bob@example.com".to_owned()])
+    );
+    assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 0);
+
+    // Disable with Entra's "False": the ppolicy lock makes his bind fail; enabling lets it succeed again.
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert_eq!(attr(&entry(&slapd, &bob_dn).await.unwrap(), "pwdAccountLockedTime"), ["000001010000Z"]);
+    assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 49, "a locked account cannot bind");
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "True"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert!(attr(&entry(&slapd, &bob_dn).await.unwrap(), "pwdAccountLockedTime").is_empty());
+    assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 0);
+
+    // Attribute update; a new userName renames the entry (modrdn).
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "title", "value": "Buyer"}]))),
+    )
+    .await;
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{bob}"),
+        Some(&patch(json!([{"op": "Replace", "path": "userName", "value": "robert@example.com"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert!(entry(&slapd, &bob_dn).await.is_none(), "old DN gone");
+    let bob_dn = people("robert@example.com");
+    let e = entry(&slapd, &bob_dn).await.expect("renamed entry");
+    assert_eq!(
+        (attr(&e, "title"), attr(&e, "mail")),
+        (vec!["Buyer".to_owned()], vec!["robert@example.com".to_owned()])
+    );
+
+    // Groups: member DNs, single-value modifications, the empty-group placeholder.
+    let sales =
+        post(&s, "/Groups", &json!({"displayName": "Sales", "members": [{"value": ann}, {"value": bob}]})).await;
+    s.wait_replayed().await;
+    let gdn = format!("cn=Sales,ou=groups,{SUFFIX}");
+    let mut both = vec![people("legacy"), bob_dn.clone()];
+    both.sort();
+    assert_eq!(attr(&entry(&slapd, &gdn).await.expect("group"), "member"), both);
+    for (op, who) in [("remove", &ann), ("remove", &bob)] {
+        send(
+            &s,
+            Method::PATCH,
+            &format!("/Groups/{sales}"),
+            Some(&patch(json!([{"op": op, "path": format!("members[value eq \"{who}\"]")}]))),
+        )
+        .await;
+    }
+    s.wait_replayed().await;
+    assert_eq!(attr(&entry(&slapd, &gdn).await.unwrap(), "member"), ["cn=empty-membership-placeholder"]);
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Groups/{sales}"),
+        Some(&patch(json!([{"op": "add", "path": "members", "value": [{"value": ann}]}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert_eq!(attr(&entry(&slapd, &gdn).await.unwrap(), "member"), [people("legacy")]);
+
+    // LDAP-special characters in the RDN and in the match filter.
+    let odd = r#"o'hara,+"\<>;=#*()@example.com"#;
+    post(&s, "/Users", &user(odd, "Odd", "Chars")).await;
+    s.wait_replayed().await;
+    let e = entry(&slapd, &people(odd)).await.expect("entry with escaped RDN");
+    assert_eq!(attr(&e, "uid"), [odd]);
+    let found = find(&slapd, &format!("ou=people,{SUFFIX}"), &format!("(mail={})", ldap3::ldap_escape(odd))).await;
+    assert_eq!(found.len(), 1);
+    // Sent again under another SCIM id, the same address links to the same entry instead of failing.
+    assert_eq!(find(&slapd, &format!("ou=people,{SUFFIX}"), "(sn=Chars)").await.len(), 1);
+
+    // Two entries share an address: a dead letter naming both DNs.
+    let dup = post(&s, "/Users", &user("dup@example.com", "Dup", "Licate")).await;
+    s.wait_replayed().await;
+    let f = s.staging_rows(&format!("SELECT state, last_error FROM replay_failures WHERE resource_id = '{dup}'"));
+    assert_eq!(f[0][0], "dead", "{f:?}");
+    assert!(f[0][1].contains("uid=dup1") && f[0][1].contains("uid=dup2"), "{}", f[0][1]);
+
+    // DELETE with the block policy: the entry stays, locked; the audit names the DN.
+    send(&s, Method::DELETE, &format!("/Users/{bob}"), None).await;
+    s.wait_replayed().await;
+    assert_eq!(attr(&entry(&slapd, &bob_dn).await.expect("kept"), "pwdAccountLockedTime"), ["000001010000Z"]);
+    let audit =
+        s.staging_rows(&format!("SELECT outcome, downstream_key FROM audit WHERE resource_id = '{bob}' ORDER BY id"));
+    assert_eq!(audit.last().unwrap(), &vec!["blocked".to_owned(), bob_dn.clone()]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attribute_move_and_ad_representations() {
+    let slapd = Slapd::start();
+    // An attribute while disabled.
+    let s = TestServer::start_daemon(&config(
+        &slapd,
+        "method = \"attribute\"\nattribute = \"employeeType\"\nvalue = \"blocked\"",
+        "block",
+        "\"inetOrgPerson\"",
+        "",
+    ))
+    .await;
+    let a = post(&s, "/Users", &user("attr@example.com", "At", "Tribute")).await;
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{a}"),
+        Some(&patch(json!([{"op": "replace", "value": {"active": false}}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert_eq!(attr(&entry(&slapd, &people("attr@example.com")).await.unwrap(), "employeeType"), ["blocked"]);
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{a}"),
+        Some(&patch(json!([{"op": "replace", "value": {"active": true}}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert!(attr(&entry(&slapd, &people("attr@example.com")).await.unwrap(), "employeeType").is_empty());
+    s.stop().await;
+
+    // A move to a disabled OU and back.
+    let s = TestServer::start_daemon(&config(
+        &slapd,
+        &format!("method = \"move\"\ndisabled_base_dn = \"ou=disabled,{SUFFIX}\""),
+        "block",
+        "\"inetOrgPerson\"",
+        "",
+    ))
+    .await;
+    let m = post(&s, "/Users", &user("mover@example.com", "Mo", "Ver")).await;
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{m}"),
+        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert!(entry(&slapd, &people("mover@example.com")).await.is_none());
+    assert!(
+        entry(&slapd, &format!("uid=mover@example.com,ou=disabled,{SUFFIX}")).await.is_some(),
+        "moved to the disabled OU"
+    );
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{m}"),
+        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "True"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert!(entry(&slapd, &people("mover@example.com")).await.is_some(), "moved back");
+    s.stop().await;
+
+    // Active Directory's userAccountControl: only bit 0x2 changes (0x10200 = normal account whose password
+    // does not expire), and DELETE with the delete policy removes the entry.
+    let s = TestServer::start_daemon(&config(
+        &slapd,
+        "method = \"ad\"",
+        "delete",
+        "\"inetOrgPerson\", \"adCompatUser\"",
+        "userAccountControl = \"'66048'\"",
+    ))
+    .await;
+    let d = post(&s, "/Users", &user("ad@example.com", "Active", "Directory")).await;
+    s.wait_replayed().await;
+    let dn = people("ad@example.com");
+    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "userAccountControl"), ["66048"]);
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Users/{d}"),
+        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    // The mapped constant is written first, then the bit is set on what is there.
+    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "userAccountControl"), ["66050"]);
+    send(&s, Method::DELETE, &format!("/Users/{d}"), None).await;
+    s.wait_replayed().await;
+    assert!(entry(&slapd, &dn).await.is_none(), "deleted by policy");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_loses_nothing() {
+    let mut slapd = Slapd::start();
+    let s = TestServer::start_daemon(&config(&slapd, "method = \"ppolicy\"", "block", "\"inetOrgPerson\"", "")).await;
+    let first = post(&s, "/Users", &user("first@example.com", "First", "One")).await;
+    s.wait_replayed().await;
+    slapd.stop();
+    for n in 0..5 {
+        post(&s, "/Users", &user(&format!("during{n}@example.com"), "During", &format!("{n}"))).await;
+    }
+    for title in ["t1", "t2", "t3"] {
+        send(
+            &s,
+            Method::PATCH,
+            &format!("/Users/{first}"),
+            Some(&patch(json!([{"op": "Replace", "path": "title", "value": title}]))),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        s.staging_rows("SELECT 1 FROM replay_failures WHERE state = 'dead'").is_empty(),
+        "an outage never makes dead letters"
+    );
+    slapd.run();
+    s.wait_replayed().await;
+    assert_eq!(find(&slapd, &format!("ou=people,{SUFFIX}"), "(givenName=During)").await.len(), 5);
+    assert_eq!(attr(&entry(&slapd, &people("first@example.com")).await.unwrap(), "title"), ["t3"]);
+    s.stop().await;
+}
