@@ -386,3 +386,38 @@ async fn outage_loses_nothing() {
     assert_eq!(attr(&entry(&slapd, &people("first@example.com")).await.unwrap(), "title"), ["t3"]);
     s.stop().await;
 }
+
+/// ldaps:// and StartTLS through rustls, trusting the directory's private CA from `ca_file`; without it the
+/// certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_connections() {
+    let slapd = Slapd::start_tls();
+    let ca = slapd.dir.path().join("ca.pem").display().to_string();
+    let tls_port = slapd.tls_port.unwrap();
+    let base = config(&slapd, "method = \"ppolicy\"", "block", "\"inetOrgPerson\"", "");
+    let plain = format!("url = \"{}\"", slapd.url());
+    for (name, url_line, extra) in [
+        ("ldaps", format!("url = \"ldaps://127.0.0.1:{tls_port}\""), format!("ca_file = {ca:?}")),
+        ("starttls", plain.clone(), format!("starttls = true\nca_file = {ca:?}")),
+    ] {
+        let cfg = base.replace(&plain, &format!("{url_line}\n{extra}"));
+        let s = TestServer::start_daemon(&cfg).await;
+        post(&s, "/Users", &user(&format!("{name}@example.com"), "Tls", name)).await;
+        s.wait_replayed().await;
+        assert!(
+            entry(&slapd, &people(&format!("{name}@example.com"))).await.is_some(),
+            "{name}: entry written over TLS"
+        );
+        s.stop().await;
+    }
+    // Without the CA the server's certificate is not trusted: the target reports it and is not used.
+    let cfg = base.replace(&plain, &format!("url = \"ldaps://127.0.0.1:{tls_port}\""));
+    let config = scim_bridge::config::Config::parse(&format!(
+        "[staging]\npath = \"{}/x.db\"\n{cfg}",
+        slapd.dir.path().display()
+    ))
+    .unwrap();
+    let bindings = config.bindings().unwrap();
+    let err = bindings[0].target.check().await.unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("certificate") || err.to_lowercase().contains("issuer"), "{err}");
+}

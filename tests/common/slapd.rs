@@ -13,6 +13,8 @@ pub const ADMIN_PW: &str = "test-admin-secret";
 
 pub struct Slapd {
     pub port: u16,
+    /// The ldaps:// port, when started with TLS.
+    pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -21,14 +23,21 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port()
 }
 
-fn config_ldif(dir: &std::path::Path) -> String {
+fn config_ldif(dir: &std::path::Path, tls: bool) -> String {
     let d = dir.display();
+    let tls = if tls {
+        format!(
+            "olcTLSCACertificateFile: {d}/ca.pem\nolcTLSCertificateFile: {d}/server.pem\nolcTLSCertificateKeyFile: {d}/server.key\n"
+        )
+    } else {
+        String::new()
+    };
     format!(
         "dn: cn=config
 objectClass: olcGlobal
 cn: config
 olcPidFile: {d}/slapd.pid
-
+{tls}
 dn: cn=module{{0}},cn=config
 objectClass: olcModuleList
 cn: module{{0}}
@@ -125,9 +134,84 @@ pwdLockout: TRUE
     )
 }
 
+/// A throwaway CA and a server certificate for 127.0.0.1 (an IP subjectAltName, which rustls checks).
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl (scripts/test.sh installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=scim-bridge test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+}
+
 impl Slapd {
     /// Starts a fresh slapd with the base entries loaded.
     pub fn start() -> Slapd {
+        Self::start_with(false)
+    }
+
+    /// Starts a fresh slapd that also speaks ldaps:// and StartTLS, with a certificate from a test CA
+    /// (`dir/ca.pem`).
+    pub fn start_tls() -> Slapd {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Slapd {
         assert!(
             std::path::Path::new("/usr/sbin/slapd").exists(),
             "OpenLDAP slapd is not installed: run scripts/test.sh (it installs Debian's slapd and ldap-utils)"
@@ -135,7 +219,10 @@ impl Slapd {
         let dir = tempfile::tempdir().expect("dir");
         std::fs::create_dir_all(dir.path().join("slapd.d")).expect("slapd.d");
         std::fs::create_dir_all(dir.path().join("data")).expect("data");
-        std::fs::write(dir.path().join("config.ldif"), config_ldif(dir.path())).expect("config");
+        if tls {
+            make_certificates(dir.path());
+        }
+        std::fs::write(dir.path().join("config.ldif"), config_ldif(dir.path(), tls)).expect("config");
         std::fs::write(dir.path().join("base.ldif"), base_ldif()).expect("base");
         let out = Command::new("/usr/sbin/slapadd")
             .args(["-n0", "-F"])
@@ -153,7 +240,7 @@ impl Slapd {
             .output()
             .expect("slapadd");
         assert!(out.status.success(), "slapadd -n1: {}", String::from_utf8_lossy(&out.stderr));
-        let mut s = Slapd { port: free_port(), dir, child: None };
+        let mut s = Slapd { port: free_port(), tls_port: tls.then(free_port), dir, child: None };
         s.run();
         s
     }
@@ -164,7 +251,10 @@ impl Slapd {
             .arg("-F")
             .arg(self.dir.path().join("slapd.d"))
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{}/", self.port))
+            .arg(match self.tls_port {
+                Some(t) => format!("ldap://127.0.0.1:{}/ ldaps://127.0.0.1:{t}/", self.port),
+                None => format!("ldap://127.0.0.1:{}/", self.port),
+            })
             // -d keeps slapd in the foreground as our child, so that it is stopped by its pid.
             .args(["-d", "0"])
             .stdout(Stdio::null())

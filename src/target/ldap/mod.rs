@@ -475,8 +475,31 @@ impl LdapTarget {
                 if !has_rdn {
                     attrs.push((self.users.rdn_attr.clone(), [rdn_value].into()));
                 }
+                // A new entry carries its disabled representation from the start: one write, not two.
+                if !active {
+                    match &self.disable {
+                        Disable::Attribute { attribute, value } => {
+                            attrs.push((attribute.clone(), [value.clone()].into()))
+                        }
+                        Disable::Ppolicy => {
+                            attrs.push(("pwdAccountLockedTime".into(), [LOCKED_FOREVER.to_owned()].into()))
+                        }
+                        Disable::Ad => {
+                            for (a, vals) in attrs.iter_mut() {
+                                if a.eq_ignore_ascii_case("userAccountControl") {
+                                    let v: u32 = vals.iter().next().and_then(|v| v.parse().ok()).unwrap_or(0x200);
+                                    *vals = [(v | AD_DISABLED).to_string()].into();
+                                }
+                            }
+                        }
+                        Disable::Move { .. } => {}
+                    }
+                }
                 match l.with_timeout(self.timeout).add(&dn, attrs).await.and_then(|r| r.success()) {
-                    Ok(_) => (dn, "created"),
+                    Ok(_) => {
+                        let detail = if active { String::new() } else { "created disabled (active = false)".into() };
+                        return Ok(Applied { key: Some(dn), outcome: "created", detail });
+                    }
                     // Created by an earlier attempt whose outcome was not recorded: take it over.
                     Err(LdapError::LdapResult { result }) if result.rc == 68 => {
                         let mods =
@@ -747,7 +770,9 @@ mod tests {
 
     #[test]
     fn escaping_per_rfc() {
-        assert_eq!(dn_escape(",+\"\\<>;=#x "), "\\,\\+\\\"\\\\\\<\\>\\;\\=#x\\ ");
+        // RFC 4514 §2.4 allows hex pairs for every special character, and ldap3 writes them so.
+        assert_eq!(dn_escape(",+\"\\<>;=#x "), "\\2c\\2b\\22\\5c\\3c\\3e\\3b\\3d#x\\20");
+        assert!(dn_escape("#lead").starts_with("\\23"), "{}", dn_escape("#lead"));
         assert_eq!(ldap_escape("*()\\"), "\\2a\\28\\29\\5c");
     }
 }
