@@ -6,8 +6,8 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::TestServer;
 use common::slapd::{ADMIN_DN, ADMIN_PW, SUFFIX, Slapd};
+use common::{TestServer, expect_ok as send, patch, post_as, replace};
 use ldap3::{LdapConnAsync, Scope, SearchEntry};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -101,19 +101,8 @@ fn user(user_name: &str, given: &str, family: &str) -> Value {
     json!({"userName": user_name, "active": true, "name": {"givenName": given, "familyName": family}})
 }
 
-fn patch(ops: Value) -> Value {
-    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
-}
-
 async fn post(s: &TestServer, path: &str, body: &Value) -> String {
-    let (status, v) = s.send(Method::POST, path, Some(body)).await;
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
-async fn send(s: &TestServer, method: Method, path: &str, body: Option<&Value>) {
-    let (status, v) = s.send(method.clone(), path, body).await;
-    assert!(status == 200 || status == 204, "{method} {path}: {status} {v}");
+    post_as(s, &s.token, path, body).await
 }
 
 fn people(uid: &str) -> String {
@@ -157,42 +146,18 @@ async fn users_groups_and_ppolicy_lock() {
     assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 0);
 
     // Disable with Entra's "False": the ppolicy lock makes his bind fail; enabling lets it succeed again.
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{bob}"), "active", json!("False")).await;
     s.wait_replayed().await;
     assert_eq!(attr(&entry(&slapd, &bob_dn).await.unwrap(), "pwdAccountLockedTime"), ["000001010000Z"]);
     assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 49, "a locked account cannot bind");
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "True"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{bob}"), "active", json!("True")).await;
     s.wait_replayed().await;
     assert!(attr(&entry(&slapd, &bob_dn).await.unwrap(), "pwdAccountLockedTime").is_empty());
     assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 0);
 
     // Attribute update; a new userName renames the entry (modrdn).
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "title", "value": "Buyer"}]))),
-    )
-    .await;
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "userName", "value": "robert@example.com"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{bob}"), "title", json!("Buyer")).await;
+    replace(&s, &format!("/Users/{bob}"), "userName", json!("robert@example.com")).await;
     s.wait_replayed().await;
     assert!(entry(&slapd, &bob_dn).await.is_none(), "old DN gone");
     let bob_dn = people("robert@example.com");
@@ -302,26 +267,14 @@ async fn attribute_move_and_ad_representations() {
     ))
     .await;
     let m = post(&s, "/Users", &user("mover@example.com", "Mo", "Ver")).await;
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{m}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{m}"), "active", json!("False")).await;
     s.wait_replayed().await;
     assert!(entry(&slapd, &people("mover@example.com")).await.is_none());
     assert!(
         entry(&slapd, &format!("uid=mover@example.com,ou=disabled,{SUFFIX}")).await.is_some(),
         "moved to the disabled OU"
     );
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{m}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "True"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{m}"), "active", json!("True")).await;
     s.wait_replayed().await;
     assert!(entry(&slapd, &people("mover@example.com")).await.is_some(), "moved back");
     s.stop().await;
@@ -340,13 +293,7 @@ async fn attribute_move_and_ad_representations() {
     s.wait_replayed().await;
     let dn = people("ad@example.com");
     assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "userAccountControl"), ["66048"]);
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{d}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{d}"), "active", json!("False")).await;
     s.wait_replayed().await;
     // The mapped constant is written first, then the bit is set on what is there.
     assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "userAccountControl"), ["66050"]);
@@ -367,13 +314,7 @@ async fn outage_loses_nothing() {
         post(&s, "/Users", &user(&format!("during{n}@example.com"), "During", &format!("{n}"))).await;
     }
     for title in ["t1", "t2", "t3"] {
-        send(
-            &s,
-            Method::PATCH,
-            &format!("/Users/{first}"),
-            Some(&patch(json!([{"op": "Replace", "path": "title", "value": title}]))),
-        )
-        .await;
+        replace(&s, &format!("/Users/{first}"), "title", json!(title)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(

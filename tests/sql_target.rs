@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, expect_ok as send, patch, post_as, replace};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::Row as _;
@@ -234,10 +234,6 @@ fn config(db: &TestDb) -> String {
     )
 }
 
-fn patch(ops: Value) -> Value {
-    json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
-}
-
 fn user(user_name: &str, given: &str, family: &str) -> Value {
     json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User", "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"],
@@ -245,17 +241,6 @@ fn user(user_name: &str, given: &str, family: &str) -> Value {
         "name": {"givenName": given, "familyName": family},
         "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User": {"department": "Sales"},
     })
-}
-
-async fn post(s: &TestServer, token: &str, path: &str, body: &Value) -> String {
-    let (status, v) = common::send_as(s, token, Method::POST, path, Some(body)).await;
-    assert_eq!(status, 201, "{v}");
-    v["id"].as_str().unwrap().to_owned()
-}
-
-async fn send(s: &TestServer, method: Method, path: &str, body: Option<&Value>) {
-    let (status, v) = s.send(method.clone(), path, body).await;
-    assert!(status == 200 || status == 204, "{method} {path}: {status} {v}");
 }
 
 async fn scenario(backend: Backend) {
@@ -271,9 +256,9 @@ async fn scenario(backend: Backend) {
     let s = TestServer::start_daemon(&cfg).await;
 
     // Link by email (case-insensitive), no duplicate.
-    let ann = post(&s, &s.token, "/Users", &user("ann.legacy@example.com", "Ann", "Lee")).await;
+    let ann = post_as(&s, &s.token, "/Users", &user("ann.legacy@example.com", "Ann", "Lee")).await;
     // Create.
-    let bob = post(&s, &s.token, "/Users", &user("bob@example.com", "Bob", "Stone")).await;
+    let bob = post_as(&s, &s.token, "/Users", &user("bob@example.com", "Bob", "Stone")).await;
     s.wait_replayed().await;
     assert_eq!(
         s.staging_rows("SELECT seq, last_error FROM replay_failures"),
@@ -291,20 +276,8 @@ async fn scenario(backend: Backend) {
     );
 
     // Update, block with Entra's "False", stay blocked across another update, unblock.
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "title", "value": "Buyer"}]))),
-    )
-    .await;
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{bob}"), "title", json!("Buyer")).await;
+    replace(&s, &format!("/Users/{bob}"), "active", json!("False")).await;
     s.wait_replayed().await;
     let blocked = db
         .one(&format!(
@@ -316,13 +289,7 @@ async fn scenario(backend: Backend) {
     assert_eq!(blocked[..2], [Some("Buyer".into()), Some("Y".into())]);
     assert!(blocked[2].is_some(), "blocked_at set: {blocked:?}");
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "title", "value": "Senior Buyer"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{bob}"), "title", json!("Senior Buyer")).await;
     s.wait_replayed().await;
     let still = db
         .one(&format!(
@@ -336,13 +303,7 @@ async fn scenario(backend: Backend) {
         [Some("Senior Buyer".into()), Some("Y".into()), blocked[2].clone()],
         "blocked_at kept while blocked"
     );
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{bob}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "True"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{bob}"), "active", json!("True")).await;
     s.wait_replayed().await;
     assert_eq!(
         db.one(&format!("SELECT {}, {} FROM employees WHERE first_name = 'Bob'", db.t("blocked"), db.t("blocked_at")))
@@ -351,7 +312,7 @@ async fn scenario(backend: Backend) {
     );
 
     // Ambiguous match: a dead letter naming both rows; later changes of that user wait; others go on.
-    let dup = post(&s, &s.token, "/Users", &user("dup@example.com", "Dup", "Licate")).await;
+    let dup = post_as(&s, &s.token, "/Users", &user("dup@example.com", "Dup", "Licate")).await;
     send(
         &s,
         Method::PATCH,
@@ -359,7 +320,7 @@ async fn scenario(backend: Backend) {
         Some(&patch(json!([{"op": "replace", "path": "title", "value": "x"}]))),
     )
     .await;
-    let carol = post(&s, &s.token, "/Users", &user("carol@example.com", "Carol", "King")).await;
+    let carol = post_as(&s, &s.token, "/Users", &user("carol@example.com", "Carol", "King")).await;
     s.wait_replayed().await;
     let failures = s.staging_rows(&format!(
         "SELECT state, last_error FROM replay_failures WHERE resource_id = '{dup}' ORDER BY seq"
@@ -376,7 +337,7 @@ async fn scenario(backend: Backend) {
     assert_eq!(db.rows("SELECT 1 FROM employees WHERE email = 'dup@example.com'").await.len(), 2, "no third row");
 
     // Groups: a row per group, a join row per membership.
-    let team = post(
+    let team = post_as(
         &s,
         &s.token,
         "/Groups",
@@ -394,13 +355,7 @@ async fn scenario(backend: Backend) {
         Some(&patch(json!([{"op": "Remove", "path": format!("members[value eq \"{bob}\"]")}]))),
     )
     .await;
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Groups/{team}"),
-        Some(&patch(json!([{"op": "Replace", "path": "displayName", "value": "Sales EMEA"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Groups/{team}"), "displayName", json!("Sales EMEA")).await;
     s.wait_replayed().await;
     assert_eq!(
         db.rows(&format!("SELECT {} FROM team_members WHERE team_id = {team_key}", db.t("employee_id"))).await,
@@ -417,7 +372,7 @@ async fn scenario(backend: Backend) {
     if backend != Backend::Postgres {
         u["title"] = json!("nul\u{0}inside"); // PostgreSQL text cannot hold NUL; see the PostgreSQL test below
     }
-    post(&s, &s.token, "/Users", &u).await;
+    post_as(&s, &s.token, "/Users", &u).await;
     s.wait_replayed().await;
     let row =
         db.one("SELECT first_name, last_name, notes, title FROM employees WHERE email = 'nasty@example.com'").await;
@@ -439,8 +394,8 @@ async fn scenario(backend: Backend) {
 
     // DELETE with policy "delete" (tenant-b → crm_del): row and memberships removed.
     let token_b = s.token_for("tenant-b");
-    let dan = post(&s, &token_b, "/Users", &user("dan@example.com", "Dan", "Brown")).await;
-    post(&s, &token_b, "/Groups", &json!({"displayName": "Ops", "members": [{"value": dan}]})).await;
+    let dan = post_as(&s, &token_b, "/Users", &user("dan@example.com", "Dan", "Brown")).await;
+    post_as(&s, &token_b, "/Groups", &json!({"displayName": "Ops", "members": [{"value": dan}]})).await;
     s.wait_replayed().await;
     assert_eq!(db.rows("SELECT 1 FROM team_members_d").await.len(), 1);
     let (status, _) = common::send_as(&s, &token_b, Method::DELETE, &format!("/Users/{dan}"), None).await;
@@ -595,31 +550,19 @@ async fn outage(backend: Backend) {
         target_toml("crm", &url, "", "block")
     );
     let s = TestServer::start_daemon(&cfg).await;
-    let first = post(&s, &s.token, "/Users", &user("first@example.com", "First", "One")).await;
+    let first = post_as(&s, &s.token, "/Users", &user("first@example.com", "First", "One")).await;
     s.wait_replayed().await;
     assert_eq!(db.rows("SELECT 1 FROM employees").await.len(), 1);
 
     // The database goes away while changes keep arriving; the IdP is still answered at once.
     let port = proxy.cut();
     for n in 0..5 {
-        post(&s, &s.token, "/Users", &user(&format!("during{n}@example.com"), "During", &format!("{n}"))).await;
+        post_as(&s, &s.token, "/Users", &user(&format!("during{n}@example.com"), "During", &format!("{n}"))).await;
     }
     for title in ["t1", "t2", "t3"] {
-        send(
-            &s,
-            Method::PATCH,
-            &format!("/Users/{first}"),
-            Some(&patch(json!([{"op": "Replace", "path": "title", "value": title}]))),
-        )
-        .await;
+        replace(&s, &format!("/Users/{first}"), "title", json!(title)).await;
     }
-    send(
-        &s,
-        Method::PATCH,
-        &format!("/Users/{first}"),
-        Some(&patch(json!([{"op": "Replace", "path": "active", "value": "False"}]))),
-    )
-    .await;
+    replace(&s, &format!("/Users/{first}"), "active", json!("False")).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(db.rows("SELECT 1 FROM employees").await.len(), 1, "nothing applied while the database is unreachable");
     assert!(
@@ -671,7 +614,7 @@ async fn postgres_nul_is_a_clear_dead_letter() {
     let s = TestServer::start_daemon(&cfg).await;
     let mut u = user("nul@example.com", "Nul", "Byte");
     u["title"] = json!("a\u{0}b");
-    let id = post(&s, &s.token, "/Users", &u).await;
+    let id = post_as(&s, &s.token, "/Users", &u).await;
     s.wait_replayed().await;
     let f = s.staging_rows(&format!("SELECT state, last_error FROM replay_failures WHERE resource_id = '{id}'"));
     assert_eq!(f.len(), 1, "{f:?}");

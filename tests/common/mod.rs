@@ -187,6 +187,30 @@ pub async fn decode(resp: Response) -> (u16, Value) {
     (status, v)
 }
 
+/// A PatchOp body.
+pub fn patch(ops: Value) -> Value {
+    serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": ops})
+}
+
+/// POSTs as `token` and returns the new resource's id, expecting 201.
+pub async fn post_as(s: &TestServer, token: &str, path: &str, body: &Value) -> String {
+    let (status, v) = send_as(s, token, reqwest::Method::POST, path, Some(body)).await;
+    assert_eq!(status, 201, "{v}");
+    v["id"].as_str().expect("id").to_owned()
+}
+
+/// Sends a request and expects 200 or 204.
+pub async fn expect_ok(s: &TestServer, method: reqwest::Method, path: &str, body: Option<&Value>) {
+    let (status, v) = s.send(method.clone(), path, body).await;
+    assert!(status == 200 || status == 204, "{method} {path}: {status} {v}");
+}
+
+/// PATCHes one attribute the way Entra does (`"op": "Replace"` with a path), expecting success.
+pub async fn replace(s: &TestServer, resource: &str, attr: &str, value: Value) {
+    let body = patch(serde_json::json!([{"op": "Replace", "path": attr, "value": value}]));
+    expect_ok(s, reqwest::Method::PATCH, resource, Some(&body)).await;
+}
+
 pub fn user(user_name: &str) -> Value {
     serde_json::json!({
         "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
