@@ -3,7 +3,8 @@
 //!
 //!     cargo test --release --test ldap_bench -- --ignored --nocapture
 //!
-//! (USERS=n to change the count).
+//! (USERS=n to change the count; SLAPD_NOSYNC=1 runs slapd without a sync per write, which shows how much
+//! of the time is the directory's own durability).
 
 mod common;
 

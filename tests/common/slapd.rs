@@ -25,6 +25,8 @@ fn free_port() -> u16 {
 
 fn config_ldif(dir: &std::path::Path, tls: bool) -> String {
     let d = dir.display();
+    // SLAPD_NOSYNC=1 (benchmarks only): mdb without a sync per write, to show replay's own ceiling.
+    let nosync = if std::env::var("SLAPD_NOSYNC").is_ok_and(|v| v == "1") { "olcDbNoSync: TRUE\n" } else { "" };
     let tls = if tls {
         format!(
             "olcTLSCACertificateFile: {d}/ca.pem\nolcTLSCertificateFile: {d}/server.pem\nolcTLSCertificateKeyFile: {d}/server.key\n"
@@ -79,7 +81,7 @@ objectClass: olcMdbConfig
 olcDatabase: {{1}}mdb
 olcDbDirectory: {d}/data
 olcDbMaxSize: 1073741824
-olcSuffix: {SUFFIX}
+{nosync}olcSuffix: {SUFFIX}
 olcRootDN: {ADMIN_DN}
 olcRootPW: {ADMIN_PW}
 olcDbIndex: objectClass eq
