@@ -193,7 +193,13 @@ impl Worker {
             if phase.is_empty() {
                 continue;
             }
-            self.apply_phase(phase, &mut links, &mut record, &mut failed).await?;
+            if let Err(e) = self.apply_phase(phase, &mut links, &mut record, &mut failed).await {
+                // Keep what was applied (links, audit, failures) but not the position: the step is repeated,
+                // and the entries already applied find their rows through the links.
+                record.cursor = None;
+                self.store.run(move |s| s.record(&record)).await?;
+                return Err(e);
+            }
         }
         let n = record.applied.len();
         self.store.run(move |s| s.record(&record)).await?;
@@ -234,25 +240,33 @@ impl Worker {
         }
         let buckets: Vec<Vec<Entry>> = buckets.into_iter().filter(|b| !b.is_empty()).collect();
         let target = &self.binding.target;
+        let claims = &self.store.claims(self.name());
         let results = futures_util::future::join_all(buckets.iter().map(|b| {
             let mut lane_links = links.clone();
             async move {
-                let r = target.apply_batch(b, &mut lane_links).await;
+                let r = target.apply_batch(b, &mut lane_links, claims).await;
                 (r, lane_links)
             }
         }))
         .await;
         let mut isolate = Vec::new();
+        let mut down = None;
         for (bucket, (result, lane_links)) in buckets.into_iter().zip(results) {
+            // Whatever a lane applied is in its links even when it failed (a target keeps `links` equal to
+            // what is downstream: nothing after a rolled-back transaction, the applied prefix for LDAP), so
+            // a later attempt finds those rows instead of creating them again.
+            merge_links(links, &bucket, &lane_links);
             match result {
                 Ok(applied) => {
-                    merge_links(links, &bucket, &lane_links);
                     self.log_applied(&bucket, &applied);
                     record.applied.extend(bucket.into_iter().zip(applied));
                 }
-                Err((_, TargetError::Transient(msg))) => return Err(StepError::Down(msg)),
+                Err((_, TargetError::Transient(msg))) => down = Some(msg),
                 Err((_, TargetError::Permanent(_))) => isolate.push(bucket),
             }
+        }
+        if let Some(msg) = down {
+            return Err(StepError::Down(msg));
         }
         // A lane failed on some entry: apply its entries one by one to find which, and let the others through.
         for bucket in isolate {
@@ -264,9 +278,10 @@ impl Worker {
                     continue;
                 }
                 let mut one_links = links.clone();
-                match target.apply_batch(std::slice::from_ref(&e), &mut one_links).await {
+                let result = target.apply_batch(std::slice::from_ref(&e), &mut one_links, claims).await;
+                merge_links(links, std::slice::from_ref(&e), &one_links);
+                match result {
                     Ok(mut applied) => {
-                        merge_links(links, std::slice::from_ref(&e), &one_links);
                         let a = applied.remove(0);
                         self.log_applied(std::slice::from_ref(&e), std::slice::from_ref(&a));
                         record.applied.push((e, a));
@@ -362,7 +377,8 @@ impl Worker {
                     continue;
                 };
                 let mut links = self.load_links(std::slice::from_ref(&entry)).await?;
-                match self.binding.target.apply_batch(std::slice::from_ref(&entry), &mut links).await {
+                let claims = self.store.claims(self.name());
+                match self.binding.target.apply_batch(std::slice::from_ref(&entry), &mut links, &claims).await {
                     Ok(mut applied) => {
                         let a = applied.remove(0);
                         self.log_applied(std::slice::from_ref(&entry), std::slice::from_ref(&a));

@@ -267,6 +267,8 @@ async fn attribute_move_and_ad_representations() {
     ))
     .await;
     let m = post(&s, "/Users", &user("mover@example.com", "Mo", "Ver")).await;
+    post(&s, "/Groups", &json!({"displayName": "Movers", "members": [{"value": m}]})).await;
+    let movers = format!("cn=Movers,ou=groups,{SUFFIX}");
     replace(&s, &format!("/Users/{m}"), "active", json!("False")).await;
     s.wait_replayed().await;
     assert!(entry(&slapd, &people("mover@example.com")).await.is_none());
@@ -274,9 +276,18 @@ async fn attribute_move_and_ad_representations() {
         entry(&slapd, &format!("uid=mover@example.com,ou=disabled,{SUFFIX}")).await.is_some(),
         "moved to the disabled OU"
     );
+    assert_eq!(
+        attr(&entry(&slapd, &movers).await.unwrap(), "member"),
+        [format!("uid=mover@example.com,ou=disabled,{SUFFIX}")]
+    );
     replace(&s, &format!("/Users/{m}"), "active", json!("True")).await;
     s.wait_replayed().await;
     assert!(entry(&slapd, &people("mover@example.com")).await.is_some(), "moved back");
+    assert_eq!(
+        attr(&entry(&slapd, &movers).await.unwrap(), "member"),
+        [people("mover@example.com")],
+        "membership followed"
+    );
     s.stop().await;
 
     // Active Directory's userAccountControl: only bit 0x2 changes (0x10200 = normal account whose password

@@ -228,7 +228,8 @@ member_user_column = "employee_id"
 fn config(db: &TestDb) -> String {
     format!(
         "[replay]\nmax_attempts = 2\nbackoff_initial_ms = 50\nbackoff_max_seconds = 1\n\
-         [[tenant]]\nname = \"tenant-a\"\ntargets = [\"crm\"]\n[[tenant]]\nname = \"tenant-b\"\ntargets = [\"crm_del\"]\n{}{}",
+         [[tenant]]\nname = \"tenant-a\"\ntargets = [\"crm\"]\n[[tenant]]\nname = \"tenant-b\"\ntargets = [\"crm_del\"]\n\
+         [[tenant]]\nname = \"tenant-c\"\ntargets = [\"crm\"]\n{}{}",
         target_toml("crm", &db.url, "", "block"),
         target_toml("crm_del", &db.url, "_d", "delete")
     )
@@ -383,6 +384,30 @@ async fn scenario(backend: Backend) {
     if backend != Backend::Postgres {
         assert_eq!(row[3].as_deref(), Some("nul\u{0}inside"));
     }
+
+    // A literal "NULL" or "NOW" in user data is data, not a flag placeholder.
+    replace(&s, &format!("/Users/{bob}"), "title", json!("NULL")).await;
+    s.wait_replayed().await;
+    assert_eq!(db.one("SELECT title FROM employees WHERE first_name = 'Bob'").await, [Some("NULL".into())]);
+
+    // Another tenant bound to the same target cannot take over a row linked to tenant-a's user.
+    let token_c = s.token_for("tenant-c");
+    let intruder = post_as(&s, &token_c, "/Users", &user("carol@example.com", "Mallory", "Intruder")).await;
+    s.wait_replayed().await;
+    let f = s.staging_rows(&format!("SELECT state, last_error FROM replay_failures WHERE resource_id = '{intruder}'"));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert!(f[0][1].contains("already linked") && f[0][1].contains(&carol), "{}", f[0][1]);
+    assert_eq!(
+        db.one("SELECT first_name FROM employees WHERE email = 'carol@example.com'").await,
+        [Some("Carol".into())]
+    );
+
+    // A group as a member of a group: left out of the user join table, and said so.
+    let parent =
+        post_as(&s, &s.token, "/Groups", &json!({"displayName": "Parent", "members": [{"value": team}]})).await;
+    s.wait_replayed().await;
+    let detail = s.staging_rows(&format!("SELECT detail FROM audit WHERE resource_id = '{parent}'"));
+    assert!(detail[0][0].contains("left out") && detail[0][0].contains(&team), "{detail:?}");
 
     // DELETE with policy "block": the row stays, blocked.
     send(&s, Method::DELETE, &format!("/Users/{carol}"), None).await;

@@ -115,6 +115,7 @@ const MIGRATIONS: &[&str] = &[
     // the entries it created).
     r#"
     ALTER TABLE links ADD COLUMN origin TEXT NOT NULL DEFAULT 'linked' CHECK (origin IN ('created', 'linked'));
+    CREATE INDEX links_key ON links(target, downstream_key);
     "#,
 ];
 

@@ -45,6 +45,36 @@ pub struct Record {
 #[derive(Clone)]
 pub struct ReplayStore {
     conn: Arc<Mutex<Connection>>,
+    /// A connection of its own for link-owner lookups made while a target applies a change.
+    claims: Arc<Mutex<Connection>>,
+}
+
+/// Link owners of one target, read from staging (see `crate::target::Claims`). The lookup is a single
+/// indexed read on its own connection, short enough to run inline on the replay task.
+pub struct StoreClaims {
+    conn: Arc<Mutex<Connection>>,
+    target: String,
+}
+
+impl crate::target::Claims for StoreClaims {
+    fn owner(&self, key: &str) -> Option<(TenantId, String)> {
+        let conn = self.conn.lock().ok()?;
+        let found = conn
+            .prepare_cached(
+                "SELECT tenant_id, resource_id FROM links WHERE target = ?1 AND downstream_key = ?2 LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row(params![self.target, key], |r| Ok((TenantId(r.get(0)?), r.get(1)?))).optional()
+            });
+        match found {
+            Ok(v) => v,
+            Err(e) => {
+                // Unknown is treated as unclaimed only after saying so: the match itself stays email-exact.
+                tracing::error!(target = %self.target, error = %e, "cannot read link owners from staging");
+                None
+            }
+        }
+    }
 }
 
 fn now() -> String {
@@ -88,7 +118,13 @@ impl ReplayStore {
     pub fn open(path: &Path) -> Result<ReplayStore, StagingError> {
         let mut conn = open_connection(path)?;
         super::migrations::migrate(&mut conn)?;
-        Ok(ReplayStore { conn: Arc::new(Mutex::new(conn)) })
+        let claims = open_connection(path)?;
+        Ok(ReplayStore { conn: Arc::new(Mutex::new(conn)), claims: Arc::new(Mutex::new(claims)) })
+    }
+
+    /// Link owners of a target, for `Target::apply_batch`.
+    pub fn claims(&self, target: &str) -> StoreClaims {
+        StoreClaims { conn: self.claims.clone(), target: target.to_owned() }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StagingError>) -> Result<T, StagingError> {
@@ -160,15 +196,18 @@ impl ReplayStore {
     pub fn links(&self, target: &str, ids: &HashSet<(TenantId, String)>) -> Result<Links, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
-                "SELECT downstream_key, origin FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3",
+                "SELECT downstream_key, origin, kind FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3",
             )?;
             let mut out = Links::new();
             for (tenant, id) in ids {
                 let row = stmt
-                    .query_row(params![target, tenant.0, id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                    .query_row(params![target, tenant.0, id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                    })
                     .optional()?;
-                if let Some((key, origin)) = row {
-                    out.insert((*tenant, id.clone()), Link { key, created: origin == "created" });
+                if let Some((key, origin, kind)) = row {
+                    let kind = Kind::parse(&kind).unwrap_or(Kind::User);
+                    out.insert((*tenant, id.clone()), Link { key, created: origin == "created", kind });
                 }
             }
             Ok(out)

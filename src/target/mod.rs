@@ -58,10 +58,46 @@ impl Op {
 }
 
 /// One entry to apply, with the link replay knows for its resource.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Work<'a> {
     pub entry: &'a Entry,
     pub link: Option<String>,
+    pub claims: &'a dyn Claims,
+}
+
+/// Who a downstream key is already linked to, across all of a target's links (not only this batch's).
+pub trait Claims: Send + Sync {
+    /// The (tenant, SCIM id) linked to `key` in this target, if any.
+    fn owner(&self, key: &str) -> Option<(TenantId, String)>;
+}
+
+/// No links anywhere (a target's own lookups that need no protection).
+pub struct NoClaims;
+
+impl Claims for NoClaims {
+    fn owner(&self, _: &str) -> Option<(TenantId, String)> {
+        None
+    }
+}
+
+/// Refuses to link a resource to a row or entry that another resource (of any tenant) is linked to: found
+/// by email or name, it would otherwise be updated, blocked or deleted on behalf of someone else.
+pub fn check_unclaimed(
+    links: &Links,
+    claims: &dyn Claims,
+    tenant: TenantId,
+    resource_id: &str,
+    key: &str,
+) -> Result<(), TargetError> {
+    let mine = |t: TenantId, id: &str| t == tenant && id == resource_id;
+    let in_batch = links.iter().find(|((t, id), l)| l.key == key && !mine(*t, id)).map(|((t, id), _)| (*t, id.clone()));
+    match in_batch.or_else(|| claims.owner(key)) {
+        Some((t, id)) if !mine(t, &id) => Err(TargetError::Permanent(format!(
+            "{key} matches, but it is already linked to resource {id} of tenant {}; not linking a second SCIM resource to it",
+            t.0
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// What applying an entry did.
@@ -97,17 +133,19 @@ pub struct Link {
     /// scim-bridge created it (rather than finding an existing one by email): only such entries are
     /// renamed when their naming attribute changes.
     pub created: bool,
+    /// The kind of the linked resource (a group's members may be users or groups).
+    pub kind: Kind,
 }
 
 /// Links of resources: (tenant, SCIM id) → link. Group replay reads user keys from it.
 pub type Links = HashMap<(TenantId, String), Link>;
 
 /// Records the outcome of applying an entry in a links map.
-pub fn remember(links: &mut Links, id: (TenantId, String), applied: &Applied) {
+pub fn remember(links: &mut Links, id: (TenantId, String), kind: Kind, applied: &Applied) {
     match &applied.key {
         Some(k) => {
             let created = applied.outcome == "created" || links.get(&id).is_some_and(|l| l.created);
-            links.insert(id, Link { key: k.clone(), created });
+            links.insert(id, Link { key: k.clone(), created, kind });
         }
         None => {
             links.remove(&id);
@@ -137,10 +175,11 @@ impl Target {
         &self,
         entries: &[Entry],
         links: &mut Links,
+        claims: &dyn Claims,
     ) -> Result<Vec<Applied>, (usize, TargetError)> {
         match self {
-            Target::Sql(t) => t.apply_batch(entries, links).await,
-            Target::Ldap(t) => t.apply_batch(entries, links).await,
+            Target::Sql(t) => t.apply_batch(entries, links, claims).await,
+            Target::Ldap(t) => t.apply_batch(entries, links, claims).await,
         }
     }
 

@@ -80,6 +80,8 @@ pub struct LdapTarget {
     disable: Disable,
     groups: Option<Groups>,
     conn: Mutex<Option<Ldap>>,
+    /// The last gidNumber handed out: groups created in parallel lanes must not get the same one.
+    last_gid: Mutex<Option<u32>>,
 }
 
 fn split_rdn(kind: Kind, key: &str, rdn: &str) -> Result<(String, Source), String> {
@@ -128,7 +130,10 @@ fn classify(e: LdapError) -> TargetError {
 fn classify_rc(rc: u32, text: &str) -> TargetError {
     let msg = format!("LDAP result {rc}{}{text}", if text.is_empty() { "" } else { ": " });
     match rc {
-        49 | 51 | 52 | 80 | 81 | 85 | 91 => TargetError::Transient(msg),
+        // operationsError, referral (a read-only replica), insufficientAccessRights, invalidCredentials,
+        // busy, unavailable, unwillingToPerform (read-only or shutting down), other, and the client-side
+        // server-down / timeout / connect errors: the directory, not the change.
+        1 | 10 | 49 | 50 | 51 | 52 | 53 | 80 | 81 | 85 | 91 => TargetError::Transient(msg),
         _ => TargetError::Permanent(msg),
     }
 }
@@ -180,11 +185,16 @@ impl LdapTarget {
                 Source::parse(Kind::User, expr).map_err(|e| format!("users.attributes.{attr}: {e}"))?,
             ));
         }
-        if !u.match_filter.contains("{match_email}") || !u.match_filter.starts_with('(') {
+        if !u.match_filter.contains("{match_email}")
+            || ldap3::parse_filter(u.match_filter.replace("{match_email}", "x@example.com")).is_err()
+        {
             return Err(format!(
-                "users.match_filter: {:?} must be a filter containing {{match_email}}",
+                "users.match_filter: {:?} must be an LDAP filter containing {{match_email}}",
                 u.match_filter
             ));
+        }
+        if u.object_classes.is_empty() {
+            return Err("users.object_classes: name at least one object class, e.g. [\"inetOrgPerson\"]".into());
         }
         let groups = match &cfg.groups {
             None => None,
@@ -230,6 +240,7 @@ impl LdapTarget {
             disable: cfg.disable.clone(),
             groups,
             conn: Mutex::new(None),
+            last_gid: Mutex::new(None),
         })
     }
 
@@ -339,6 +350,7 @@ impl LdapTarget {
         &self,
         entries: &[Entry],
         links: &mut Links,
+        claims: &dyn super::Claims,
     ) -> Result<Vec<Applied>, (usize, TargetError)> {
         let mut l = match self.ldap().await {
             Ok(l) => l,
@@ -349,12 +361,12 @@ impl LdapTarget {
             let id = (e.tenant, e.resource_id.clone());
             let link = links.get(&id).cloned();
             let r = match e.kind {
-                Kind::User => self.apply_user(&mut l, e, link).await,
-                Kind::Group => self.apply_group(&mut l, e, link.map(|l| l.key), links).await,
+                Kind::User => self.apply_user(&mut l, e, link, links, claims).await,
+                Kind::Group => self.apply_group(&mut l, e, link.map(|l| l.key), links, claims).await,
             };
             match r {
                 Ok(a) => {
-                    super::remember(links, id, &a);
+                    super::remember(links, id, e.kind, &a);
                     out.push(a);
                 }
                 Err(err) => {
@@ -406,12 +418,22 @@ impl LdapTarget {
         Ok(format!("{}={}", self.users.rdn_attr, dn_escape(v)))
     }
 
-    async fn apply_user(&self, l: &mut Ldap, e: &Entry, link: Option<Link>) -> Result<Applied, TargetError> {
+    async fn apply_user(
+        &self,
+        l: &mut Ldap,
+        e: &Entry,
+        link: Option<Link>,
+        links: &Links,
+        claims: &dyn super::Claims,
+    ) -> Result<Applied, TargetError> {
         let email = match_email(&e.state);
         // Entries found by email keep their name: their uid or cn may be a login the directory relies on.
         // Entries this service created follow the RDN template when its source changes.
         let rename = link.as_ref().is_some_and(|l| l.created);
         let (dn, was_linked) = self.find_user(l, link.map(|l| l.key), email.as_deref()).await?;
+        if let (Some(found), false) = (&dn, was_linked) {
+            super::check_unclaimed(links, claims, e.tenant, &e.resource_id, found)?;
+        }
         let active = e.state.get("active") != Some(&Value::Bool(false));
         if e.op == Op::Delete {
             let Some(dn) = dn else {
@@ -500,8 +522,22 @@ impl LdapTarget {
                         let detail = if active { String::new() } else { "created disabled (active = false)".into() };
                         return Ok(Applied { key: Some(dn), outcome: "created", detail });
                     }
-                    // Created by an earlier attempt whose outcome was not recorded: take it over.
+                    // An entry with this name exists. Created by an earlier attempt whose outcome was not
+                    // recorded, it carries this user's address and no other resource's link: take it over.
+                    // Anyone else's entry of the same name is not touched.
                     Err(LdapError::LdapResult { result }) if result.rc == 68 => {
+                        let existing = self.read(l, &dn, &["mail"]).await?;
+                        let same = existing.as_ref().is_some_and(|x| {
+                            x.attrs.get("mail").is_some_and(|m| {
+                                m.iter().any(|v| email.as_deref().is_some_and(|e| v.eq_ignore_ascii_case(e)))
+                            })
+                        });
+                        if !same {
+                            return Err(TargetError::Permanent(format!(
+                                "an entry named {dn} already exists and is not this user's (its mail differs); choose another RDN template or resolve it in the directory"
+                            )));
+                        }
+                        super::check_unclaimed(links, claims, e.tenant, &e.resource_id, &dn)?;
                         let mods =
                             values.iter().map(|(a, v)| Mod::Replace(a.clone(), v.iter().cloned().collect())).collect();
                         self.modify(l, &dn, mods).await?;
@@ -539,12 +575,36 @@ impl LdapTarget {
             return Ok(dn.to_owned());
         }
         let new_sup = if same_parent { None } else { Some(parent.as_str()) };
+        let old_member = match &self.groups {
+            Some(g) => Some(self.member_value(l, g.class, dn).await?),
+            None => None,
+        };
         l.with_timeout(self.timeout)
             .modifydn(dn, &rdn, true, new_sup)
             .await
             .and_then(|r| r.success())
             .map_err(classify)?;
-        Ok(format!("{rdn},{parent}"))
+        let new_dn = format!("{rdn},{parent}");
+        // Groups name members by DN (or uid): follow the rename, as the refint overlay would, so that a
+        // move to a disabled OU and back, or a new uid, leaves no stale membership.
+        if let (Some(g), Some(old)) = (&self.groups, old_member) {
+            let new = self.member_value(l, g.class, &new_dn).await?;
+            if old != new {
+                let attr = g.class.member_attr().to_owned();
+                let filter = format!("({attr}={})", ldap_escape(old.as_str()));
+                for group in self.search(l, &g.base_dn, Scope::Subtree, &filter, &["1.1"]).await? {
+                    let mods = vec![
+                        Mod::Delete(attr.clone(), [old.clone()].into()),
+                        Mod::Add(attr.clone(), [new.clone()].into()),
+                    ];
+                    match self.modify_rc(l, &group.dn, mods).await? {
+                        0 | 16 | 20 => {}
+                        rc => return Err(classify_rc(rc, &format!("renaming a member of {}", group.dn))),
+                    }
+                }
+            }
+        }
+        Ok(new_dn)
     }
 
     /// Applies the enabled or disabled representation (the move method is handled by `place`).
@@ -632,9 +692,20 @@ impl LdapTarget {
     }
 
     async fn next_gid(&self, l: &mut Ldap, g: &Groups) -> Result<u32, TargetError> {
+        // Held across the search so that two lanes cannot both read the same highest number.
+        let mut last = self.last_gid.lock().await;
         let entries = self.search(l, &g.base_dn, Scope::Subtree, "(objectClass=posixGroup)", &["gidNumber"]).await?;
-        let max = entries.iter().filter_map(|e| e.attrs.get("gidNumber")?.first()?.parse::<u32>().ok()).max();
-        Ok(max.map_or(g.gid_start, |m| (m + 1).max(g.gid_start)))
+        let max =
+            entries.iter().filter_map(|e| e.attrs.get("gidNumber")?.first()?.parse::<u32>().ok()).chain(*last).max();
+        let next = match max {
+            None => g.gid_start,
+            Some(m) => m
+                .checked_add(1)
+                .ok_or_else(|| TargetError::Permanent(format!("no gidNumber left above {m} under {}", g.base_dn)))?
+                .max(g.gid_start),
+        };
+        *last = Some(next);
+        Ok(next)
     }
 
     async fn apply_group(
@@ -643,6 +714,7 @@ impl LdapTarget {
         e: &Entry,
         link: Option<String>,
         links: &Links,
+        claims: &dyn super::Claims,
     ) -> Result<Applied, TargetError> {
         let Some(g) = &self.groups else {
             return Ok(Applied { key: None, outcome: "ignored", detail: "no [target.groups] configured".into() });
@@ -663,6 +735,9 @@ impl LdapTarget {
             if found.len() > 1 {
                 return Err(TargetError::Permanent(format!("{} groups match {filter}; not guessing", found.len())));
             }
+            if let Some(f) = found.first() {
+                super::check_unclaimed(links, claims, e.tenant, &e.resource_id, &f.dn)?;
+            }
             dn = found.into_iter().next().map(|e| e.dn);
         }
         if e.op == Op::Delete {
@@ -676,14 +751,17 @@ impl LdapTarget {
             }
             return Ok(Applied { key: None, outcome: "deleted", detail: dn });
         }
+        // Members without an entry here (their user failed to replay or was deleted since), and groups in
+        // a posixGroup, are left out and named in the audit detail rather than failing the group's change.
         let mut added = Vec::new();
+        let mut skipped = Vec::new();
         for id in &e.members_added {
-            let Some(user_dn) = links.get(&(e.tenant, id.clone())).map(|l| &l.key) else {
-                return Err(TargetError::Permanent(format!(
-                    "member {id} has no directory entry yet (its user has not been replayed here)"
-                )));
-            };
-            added.push(self.member_value(l, g.class, user_dn).await?);
+            match links.get(&(e.tenant, id.clone())) {
+                Some(m) if m.kind == Kind::User || g.class != GroupClass::Posix => {
+                    added.push(self.member_value(l, g.class, &m.key).await?)
+                }
+                _ => skipped.push(id.clone()),
+            }
         }
         let (dn, outcome) = match dn {
             Some(dn) => {
@@ -739,7 +817,10 @@ impl LdapTarget {
             let v = self.member_value(l, g.class, user_dn).await.unwrap_or_else(|_| user_dn.clone());
             self.remove_member(l, g, &dn, &v).await?;
         }
-        let detail = format!("+{} -{} members", e.members_added.len(), e.members_removed.len());
+        let mut detail = format!("+{} -{} members", added.len(), e.members_removed.len());
+        if !skipped.is_empty() {
+            detail.push_str(&format!("; not provisioned here, left out: {}", skipped.join(" ")));
+        }
         Ok(Applied { key: Some(dn), outcome, detail })
     }
 }

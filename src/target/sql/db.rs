@@ -183,7 +183,7 @@ impl Db {
         let rows = match dialect {
             Dialect::Postgres => {
                 tx.query(
-                    "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                    "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a
                      WHERE a.attrelid = to_regclass(CAST($1 AS TEXT)) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
                     &[SqlValue::Text(dialect.quote(table))],
                 )
@@ -410,8 +410,14 @@ fn classify_sqlx(e: sqlx::Error) -> TargetError {
                 || code == "55P03" // lock not available
                 || code.starts_with("28") // authentication: the target's settings, not this change
                 || code == "3D000" // the database does not exist (yet)
+                // The target as a whole is unfit right now, not this change: a replica after failover
+                // (read-only), a statement timeout, an application migration in progress (missing table or
+                // column), revoked privileges.
+                || code == "25006" || code == "57014" || code == "42P01" || code == "42703" || code == "42501"
                 || msg.contains("Lock wait timeout") || msg.contains("Deadlock found")
-                || msg.contains("Access denied") || msg.contains("Unknown database");
+                || msg.contains("Access denied") || msg.contains("Unknown database")
+                || msg.contains("read-only") || msg.contains("read only") || msg.contains("doesn't exist")
+                || msg.contains("Unknown column") || msg.contains("command denied");
             let text = if code.is_empty() { msg } else { format!("{msg} (SQLSTATE {code})") };
             if transient { TargetError::Transient(text) } else { TargetError::Permanent(text) }
         }

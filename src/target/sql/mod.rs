@@ -78,8 +78,18 @@ pub struct SqlTarget {
     max_connections: usize,
 }
 
-/// The value "NOW" in a flag table: the current time, kept while the flag stays set.
+/// The value "NOW" in a flag table: the time of the change, kept while the flag stays set.
 const NOW: &str = "NOW";
+
+/// How a flag table's "NOW" travels from `user_values` to the statement: as an object, which no mapped
+/// SCIM value can be, so that a user whose title is literally "NOW" (or "NULL") keeps it.
+fn now_marker() -> Value {
+    serde_json::json!({ "$now": true })
+}
+
+fn is_now(v: &Value) -> bool {
+    v.as_object().is_some_and(|o| o.contains_key("$now"))
+}
 
 fn resolve_url(cfg: &SqlTargetConfig) -> Result<String, String> {
     match (&cfg.url, &cfg.url_file, &cfg.url_env) {
@@ -360,12 +370,15 @@ impl SqlTarget {
             .await
     }
 
-    /// Applies entries in one transaction: all or none.
+    /// Applies entries in one transaction: all or none. `committed` changes only when the transaction does.
     pub async fn apply_batch(
         &self,
         entries: &[super::Entry],
-        links: &mut Links,
+        committed: &mut Links,
+        claims: &dyn super::Claims,
     ) -> Result<Vec<Applied>, (usize, TargetError)> {
+        let mut local = committed.clone();
+        let links = &mut local;
         // Failing to introspect or to open a transaction concerns the whole target, never one change: it
         // must not turn the changes of this batch into dead letters.
         let target_wide = |e: TargetError| (0, TargetError::Transient(e.to_string()));
@@ -374,14 +387,14 @@ impl SqlTarget {
         let mut out = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             let id = (entry.tenant, entry.resource_id.clone());
-            let w = Work { entry, link: links.get(&id).map(|l| l.key.clone()) };
+            let w = Work { entry, link: links.get(&id).map(|l| l.key.clone()), claims };
             let r = match entry.kind {
-                Kind::User => self.apply_user(&mut tx, types, &w).await,
+                Kind::User => self.apply_user(&mut tx, types, &w, links).await,
                 Kind::Group => self.apply_group(&mut tx, types, &w, links).await,
             };
             match r {
                 Ok(a) => {
-                    super::remember(links, id, &a);
+                    super::remember(links, id, entry.kind, &a);
                     out.push(a);
                 }
                 Err(e) => {
@@ -392,6 +405,7 @@ impl SqlTarget {
         }
         // A failed commit leaves nothing applied; it is nearly always the connection going away.
         tx.commit().await.map_err(|e| (0, TargetError::Transient(e.to_string())))?;
+        *committed = local;
         Ok(out)
     }
 
@@ -404,10 +418,11 @@ impl SqlTarget {
                 let v = c.source.eval(state, id);
                 let v = match &c.flag {
                     Some((t, f)) => {
-                        if v == Value::Bool(true) {
-                            t.clone()
-                        } else {
-                            f.clone()
+                        let chosen = if v == Value::Bool(true) { t } else { f };
+                        match chosen {
+                            Value::String(s) if s == NOW => now_marker(),
+                            Value::String(s) if s == "NULL" => Value::Null,
+                            other => other.clone(),
                         }
                     }
                     None => v,
@@ -437,6 +452,7 @@ impl SqlTarget {
         types: &Types,
         w: &Work<'_>,
         email: Option<&str>,
+        links: &Links,
     ) -> Result<(Option<String>, bool), TargetError> {
         if let Some(k) = &w.link {
             return Ok((Some(k.clone()), true));
@@ -469,7 +485,10 @@ impl SqlTarget {
             tx.query(&sql, &p.values).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
         match keys.len() {
             0 => Ok((None, false)),
-            1 => Ok((keys.into_iter().next(), false)),
+            1 => {
+                super::check_unclaimed(links, w.claims, w.entry.tenant, &w.entry.resource_id, &keys[0])?;
+                Ok((keys.into_iter().next(), false))
+            }
             _ => Err(TargetError::Permanent(format!(
                 "{} rows of {} have {} = {email:?} (keys {}); not guessing which one is this user — merge or fix them, then retry",
                 keys.len(),
@@ -480,12 +499,18 @@ impl SqlTarget {
         }
     }
 
-    async fn apply_user(&self, tx: &mut Tx, types: &Types, w: &Work<'_>) -> Result<Applied, TargetError> {
+    async fn apply_user(
+        &self,
+        tx: &mut Tx,
+        types: &Types,
+        w: &Work<'_>,
+        links: &Links,
+    ) -> Result<Applied, TargetError> {
         let e = &w.entry;
         let u = &self.users;
         let t = types.get(&u.table);
         let email = match_email(&e.state);
-        let (key, was_linked) = self.find_user(tx, types, w, email.as_deref()).await?;
+        let (key, was_linked) = self.find_user(tx, types, w, email.as_deref(), links).await?;
         let values = self.user_values(&e.state, &e.resource_id);
         let at = e.at.as_str();
         let mut named: HashMap<&str, SqlValue> = values.iter().map(|(c, v)| (*c, self.sql_value(v, at))).collect();
@@ -560,8 +585,7 @@ impl SqlTarget {
 
     fn sql_value(&self, v: &Value, at: &str) -> SqlValue {
         match v {
-            Value::String(s) if s == NOW => SqlValue::Text(db_time(at)),
-            Value::String(s) if s == "NULL" => SqlValue::Null,
+            v if is_now(v) => SqlValue::Text(db_time(at)),
             other => SqlValue::from_json(other),
         }
     }
@@ -581,7 +605,7 @@ impl SqlTarget {
                 continue;
             }
             let qc = self.q(col);
-            if matches!(v, Value::String(s) if s == NOW) {
+            if is_now(v) {
                 let ph = p.push(Some(col), SqlValue::Text(db_time(at)));
                 sets.push(format!("{qc} = COALESCE({qc}, {ph})"));
             } else {
@@ -660,8 +684,8 @@ impl SqlTarget {
                 return Ok(k);
             }
             let placeholder = placeholder_entry(scim_id);
-            let w = Work { entry: &placeholder, link: None };
-            return match self.find_user(tx, types, &w, email).await? {
+            let w = Work { entry: &placeholder, link: None, claims: &super::NoClaims };
+            return match self.find_user(tx, types, &w, email, &Links::new()).await? {
                 (Some(k), _) => Ok(k),
                 (None, _) => Err(TargetError::Permanent(
                     "statements.create returned no key and the new row cannot be found by its match email".into(),
@@ -806,6 +830,9 @@ impl SqlTarget {
                     keys.join(", ")
                 )));
             }
+            if let Some(k) = keys.first() {
+                super::check_unclaimed(links, w.claims, e.tenant, &e.resource_id, k)?;
+            }
             key = keys.into_iter().next();
         }
         if e.op == Op::Delete {
@@ -873,21 +900,30 @@ impl SqlTarget {
             }
         };
         let mut changes = Vec::new();
+        let mut skipped = Vec::new();
         for (ids, add) in [(&e.members_added, true), (&e.members_removed, false)] {
             for id in ids.iter() {
-                let Some(user_key) = links.get(&(e.tenant, id.clone())).map(|l| &l.key) else {
-                    if add {
-                        return Err(TargetError::Permanent(format!(
-                            "member {id} has no downstream row yet (its user has not been replayed into this target)"
-                        )));
+                // A member without a row here (its user failed to replay, or was deleted since) or that is
+                // itself a group (the join table holds users) is left out and named in the audit detail;
+                // reconciliation repairs what is missing. Failing the group's change instead would block
+                // every later change of the group behind one member.
+                let user_key = match links.get(&(e.tenant, id.clone())) {
+                    Some(l) if l.kind == Kind::User => &l.key,
+                    _ => {
+                        if add {
+                            skipped.push(id.clone());
+                        }
+                        continue;
                     }
-                    continue; // never provisioned here, so nothing to remove
                 };
-                self.membership(tx, mt, &key, user_key, add).await?;
+                self.membership(tx, mt, &key, user_key, add, &e.resource_id).await?;
                 changes.push(format!("{}{id}", if add { "+" } else { "-" }));
             }
         }
-        let detail = if changes.is_empty() { String::new() } else { format!("members {}", changes.join(" ")) };
+        let mut detail = if changes.is_empty() { String::new() } else { format!("members {}", changes.join(" ")) };
+        if !skipped.is_empty() {
+            detail.push_str(&format!("; not provisioned here, left out: {}", skipped.join(" ")));
+        }
         Ok(Applied { key: Some(key), outcome, detail })
     }
 
@@ -898,6 +934,7 @@ impl SqlTarget {
         group_key: &str,
         user_key: &str,
         add: bool,
+        group_scim_id: &str,
     ) -> Result<(), TargetError> {
         let Some(g) = &self.groups else { return Ok(()) };
         let custom = if add { &self.statements.add_member } else { &self.statements.remove_member };
@@ -905,6 +942,7 @@ impl SqlTarget {
             let named: HashMap<&str, SqlValue> = [
                 ("group_key", SqlValue::Text(group_key.to_owned())),
                 ("user_key", SqlValue::Text(user_key.to_owned())),
+                ("scim_id", SqlValue::Text(group_scim_id.to_owned())),
             ]
             .into_iter()
             .collect();
