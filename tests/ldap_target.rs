@@ -373,3 +373,56 @@ async fn tls_connections() {
     let err = bindings[0].target.check().await.unwrap_err().to_string();
     assert!(err.to_lowercase().contains("certificate") || err.to_lowercase().contains("issuer"), "{err}");
 }
+
+/// posixGroup (memberUid, gidNumbers handed out one by one) and groupOfUniqueNames (uniqueMember DNs, the
+/// placeholder while empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posix_and_unique_groups() {
+    let slapd = Slapd::start();
+    let base = config(&slapd, "method = \"ppolicy\"", "block", "\"inetOrgPerson\"", "");
+    let posix = base.replace("object_class = \"groupOfNames\"", "object_class = \"posixGroup\"\ngid_start = 5000");
+    let s = TestServer::start_daemon(&posix).await;
+    let a = post(&s, "/Users", &user("pa@example.com", "Pa", "One")).await;
+    let b = post(&s, "/Users", &user("pb@example.com", "Pb", "Two")).await;
+    let g1 = post(&s, "/Groups", &json!({"displayName": "devs", "members": [{"value": a}, {"value": b}]})).await;
+    post(&s, "/Groups", &json!({"displayName": "ops"})).await;
+    s.wait_replayed().await;
+    let devs = entry(&slapd, &format!("cn=devs,ou=groups,{SUFFIX}")).await.expect("posix group");
+    assert_eq!(attr(&devs, "memberUid"), ["pa@example.com", "pb@example.com"]);
+    let ops = entry(&slapd, &format!("cn=ops,ou=groups,{SUFFIX}")).await.expect("empty posix group");
+    let mut gids = vec![attr(&devs, "gidNumber")[0].clone(), attr(&ops, "gidNumber")[0].clone()];
+    gids.sort();
+    assert_eq!(gids, ["5000", "5001"], "distinct gidNumbers from gid_start");
+    assert!(attr(&ops, "memberUid").is_empty(), "a posixGroup may be empty");
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Groups/{g1}"),
+        Some(&patch(json!([{"op": "Remove", "path": format!("members[value eq \"{a}\"]")}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert_eq!(
+        attr(&entry(&slapd, &format!("cn=devs,ou=groups,{SUFFIX}")).await.unwrap(), "memberUid"),
+        ["pb@example.com"]
+    );
+    s.stop().await;
+
+    let unique = base.replace("object_class = \"groupOfNames\"", "object_class = \"groupOfUniqueNames\"");
+    let s = TestServer::start_daemon(&unique).await;
+    let c = post(&s, "/Users", &user("uc@example.com", "Uc", "Three")).await;
+    let g = post(&s, "/Groups", &json!({"displayName": "uniq", "members": [{"value": c}]})).await;
+    s.wait_replayed().await;
+    let dn = format!("cn=uniq,ou=groups,{SUFFIX}");
+    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "uniqueMember"), [people("uc@example.com")]);
+    send(
+        &s,
+        Method::PATCH,
+        &format!("/Groups/{g}"),
+        Some(&patch(json!([{"op": "Remove", "path": "members", "value": [{"value": c}]}]))),
+    )
+    .await;
+    s.wait_replayed().await;
+    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "uniqueMember"), ["cn=empty-membership-placeholder"]);
+    s.stop().await;
+}
