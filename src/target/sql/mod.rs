@@ -445,6 +445,29 @@ impl SqlTarget {
         tx.query(&custom.sql, &self.custom_params(custom, named)).await
     }
 
+    /// Keys (as text) of the rows of `table` whose `column` equals `value`; compared case-insensitively when
+    /// `fold` (emails, group names), exactly otherwise (link columns holding SCIM ids).
+    #[allow(clippy::too_many_arguments)]
+    async fn keys_where(
+        &self,
+        tx: &mut Tx,
+        types: Option<&HashMap<String, String>>,
+        table: &str,
+        key: &str,
+        column: &str,
+        value: &str,
+        fold: bool,
+    ) -> Result<Vec<String>, TargetError> {
+        let mut p = Params::new(self.dialect, types);
+        let (col, ph) = if fold {
+            (format!("LOWER({})", self.q(column)), format!("LOWER({})", p.push(None, SqlValue::Text(value.to_owned()))))
+        } else {
+            (self.q(column), p.push(Some(column), SqlValue::Text(value.to_owned())))
+        };
+        let sql = format!("SELECT {} FROM {} WHERE {col} = {ph}", self.dialect.as_text(&self.q(key)), self.q(table));
+        Ok(tx.query(&sql, &p.values).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect())
+    }
+
     /// Finds the row of a user: by its link, by the link column, then by match email.
     async fn find_user(
         &self,
@@ -459,30 +482,14 @@ impl SqlTarget {
         }
         let u = &self.users;
         let t = types.get(&u.table);
-        if let Some(lc) = &u.link_column {
-            let mut p = Params::new(self.dialect, t);
-            let ph = p.push(Some(lc), SqlValue::Text(w.entry.resource_id.clone()));
-            let sql = format!(
-                "SELECT {} FROM {} WHERE {} = {ph}",
-                self.dialect.as_text(&self.q(&u.key)),
-                self.q(&u.table),
-                self.q(lc)
-            );
-            if let Some(row) = tx.query(&sql, &p.values).await?.into_iter().next() {
-                return Ok((row.into_iter().next().flatten(), true));
-            }
+        if let Some(lc) = &u.link_column
+            && let Some(k) =
+                self.keys_where(tx, t, &u.table, &u.key, lc, &w.entry.resource_id, false).await?.into_iter().next()
+        {
+            return Ok((Some(k), true));
         }
         let Some(email) = email else { return Ok((None, false)) };
-        let mut p = Params::new(self.dialect, t);
-        let ph = p.push(None, SqlValue::Text(email.to_owned()));
-        let sql = format!(
-            "SELECT {} FROM {} WHERE LOWER({}) = LOWER({ph})",
-            self.dialect.as_text(&self.q(&u.key)),
-            self.q(&u.table),
-            self.q(&u.match_column)
-        );
-        let keys: Vec<String> =
-            tx.query(&sql, &p.values).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+        let keys = self.keys_where(tx, t, &u.table, &u.key, &u.match_column, email, true).await?;
         match keys.len() {
             0 => Ok((None, false)),
             1 => {
@@ -801,27 +808,10 @@ impl SqlTarget {
         if key.is_none()
             && let Some(lc) = &g.link_column
         {
-            let mut p = Params::new(self.dialect, gt);
-            let ph = p.push(Some(lc), SqlValue::Text(e.resource_id.clone()));
-            let sql = format!(
-                "SELECT {} FROM {} WHERE {} = {ph}",
-                self.dialect.as_text(&self.q(&g.key)),
-                self.q(&g.table),
-                self.q(lc)
-            );
-            key = tx.query(&sql, &p.values).await?.into_iter().next().and_then(|r| r.into_iter().next().flatten());
+            key = self.keys_where(tx, gt, &g.table, &g.key, lc, &e.resource_id, false).await?.into_iter().next();
         }
         if key.is_none() {
-            let mut p = Params::new(self.dialect, gt);
-            let ph = p.push(None, SqlValue::Text(name.clone()));
-            let sql = format!(
-                "SELECT {} FROM {} WHERE LOWER({}) = LOWER({ph})",
-                self.dialect.as_text(&self.q(&g.key)),
-                self.q(&g.table),
-                self.q(&g.name_column)
-            );
-            let keys: Vec<String> =
-                tx.query(&sql, &p.values).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect();
+            let keys = self.keys_where(tx, gt, &g.table, &g.key, &g.name_column, &name, true).await?;
             if keys.len() > 1 {
                 return Err(TargetError::Permanent(format!(
                     "{} rows of {} are named {name:?} (keys {}); not guessing",
