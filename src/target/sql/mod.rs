@@ -468,6 +468,20 @@ impl SqlTarget {
         Ok(tx.query(&sql, &p.values).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect())
     }
 
+    /// Deletes the rows of `table` whose `column` equals `value`.
+    async fn delete_where(
+        &self,
+        tx: &mut Tx,
+        types: Option<&HashMap<String, String>>,
+        table: &str,
+        column: &str,
+        value: &str,
+    ) -> Result<u64, TargetError> {
+        let mut p = Params::new(self.dialect, types);
+        let ph = p.push(Some(column), SqlValue::Text(value.to_owned()));
+        tx.exec(&format!("DELETE FROM {} WHERE {} = {ph}", self.q(table), self.q(column)), &p.values).await
+    }
+
     /// Finds the row of a user: by its link, by the link column, then by match email.
     async fn find_user(
         &self,
@@ -540,27 +554,15 @@ impl SqlTarget {
                 }
                 DeletePolicy::Delete => {
                     if let Some(g) = &self.groups {
-                        let mut p = Params::new(self.dialect, types.get(&g.member_table));
-                        let ph = p.push(Some(&g.member_user_column), SqlValue::Text(key.clone()));
-                        let sql = format!(
-                            "DELETE FROM {} WHERE {} = {ph}",
-                            self.q(&g.member_table),
-                            self.q(&g.member_user_column)
-                        );
-                        tx.exec(&sql, &p.values).await?;
+                        self.delete_where(tx, types.get(&g.member_table), &g.member_table, &g.member_user_column, &key)
+                            .await?;
                     }
                     match &self.statements.delete {
                         Some(c) => {
                             self.run_custom(tx, c, &named).await?;
                         }
                         None => {
-                            let mut p = Params::new(self.dialect, t);
-                            let ph = p.push(Some(&u.key), SqlValue::Text(key.clone()));
-                            tx.exec(
-                                &format!("DELETE FROM {} WHERE {} = {ph}", self.q(&u.table), self.q(&u.key)),
-                                &p.values,
-                            )
-                            .await?;
+                            self.delete_where(tx, t, &u.table, &u.key, &key).await?;
                         }
                     }
                     Ok(Applied { key: None, outcome: "deleted", detail: String::new() })
@@ -829,16 +831,8 @@ impl SqlTarget {
             let Some(key) = key else {
                 return Ok(Applied { key: None, outcome: "absent", detail: "no downstream group to remove".into() });
             };
-            let mut p = Params::new(self.dialect, mt);
-            let ph = p.push(Some(&g.member_group_column), SqlValue::Text(key.clone()));
-            tx.exec(
-                &format!("DELETE FROM {} WHERE {} = {ph}", self.q(&g.member_table), self.q(&g.member_group_column)),
-                &p.values,
-            )
-            .await?;
-            let mut p = Params::new(self.dialect, gt);
-            let ph = p.push(Some(&g.key), SqlValue::Text(key.clone()));
-            tx.exec(&format!("DELETE FROM {} WHERE {} = {ph}", self.q(&g.table), self.q(&g.key)), &p.values).await?;
+            self.delete_where(tx, mt, &g.member_table, &g.member_group_column, &key).await?;
+            self.delete_where(tx, gt, &g.table, &g.key, &key).await?;
             return Ok(Applied { key: None, outcome: "deleted", detail: String::new() });
         }
         let (key, outcome) = match key {
