@@ -5,12 +5,13 @@
 //! For concurrency 1 and 16, on a fresh staging database: creates of N users, userName filters, PATCHes
 //! (replace title); then the time to add N members to one group in PATCHes of 100. The staging file lives on
 //! the real disk (not tmpfs) so that every commit pays a real fsync.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed unwrap ends the run
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use scim_bridge::scim::ScimSettings;
+use scim_bridge::http::ScimSettings;
 use scim_bridge::staging::{self, Staging};
 use serde_json::json;
 
@@ -48,10 +49,15 @@ async fn start(dir: &std::path::Path) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}/scim/v2", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task =
-        tokio::spawn(scim_bridge::serve(listener, staging, ScimSettings::default(), Duration::from_secs(5), async {
+    let task = tokio::spawn(scim_bridge::http::serve(
+        listener,
+        staging,
+        ScimSettings::default(),
+        Duration::from_secs(5),
+        async {
             let _ = stopped.await;
-        }));
+        },
+    ));
     Server { base, token, stop, task }
 }
 

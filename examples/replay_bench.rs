@@ -2,6 +2,7 @@
 //! by the daemon's real replay workers into a fresh database on 127.0.0.1:5432.
 //!
 //!     cargo run --release --example replay_bench -- [--users 10000]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed unwrap ends the run
 
 use std::time::{Duration, Instant};
 

@@ -1,15 +1,15 @@
 //! Configuration: one TOML file, every key documented in `config.toml.example`, validated at start with
-//! errors that name the key. Without a file the daemon runs on the embedded default (see `Config::default`).
+//! errors that name the key. Without a file the daemon runs on the embedded default (`Config::embedded`).
+//! Data and validation only: the daemon builds targets and settings from it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::replay::ReplaySettings;
-use crate::scim::ScimSettings;
 use crate::staging::StagingOptions;
-use crate::target::sql::config::SqlTargetConfig;
+use crate::targets::ldap::config::LdapTargetConfig;
+use crate::targets::sql::config::SqlTargetConfig;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -41,13 +41,7 @@ pub struct ReplayConfig {
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        let d = ReplaySettings::default();
-        ReplayConfig {
-            batch_size: d.batch_size,
-            max_attempts: d.max_attempts,
-            backoff_initial_ms: d.backoff_initial.as_millis() as u64,
-            backoff_max_seconds: d.backoff_max.as_secs(),
-        }
+        ReplayConfig { batch_size: 500, max_attempts: 5, backoff_initial_ms: 500, backoff_max_seconds: 300 }
     }
 }
 
@@ -65,7 +59,7 @@ pub struct TenantConfig {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum TargetConfig {
     Sql(SqlTargetConfig),
-    Ldap(crate::target::ldap::config::LdapTargetConfig),
+    Ldap(LdapTargetConfig),
 }
 
 impl TargetConfig {
@@ -101,15 +95,14 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        let s = ScimSettings::default();
         ServerConfig {
             listen: "127.0.0.1:7644".into(),
-            base_path: s.base_path,
+            base_path: "/scim/v2".into(),
             public_url: None,
-            max_body_bytes: s.max_body_bytes,
-            strict: s.strict,
-            default_page_size: s.default_page_size,
-            max_page_size: s.max_page_size,
+            max_body_bytes: 1024 * 1024,
+            strict: false,
+            default_page_size: 100,
+            max_page_size: 1000,
             shutdown_grace_seconds: 30,
         }
     }
@@ -265,48 +258,6 @@ impl Config {
         Ok(())
     }
 
-    pub fn replay_settings(&self) -> ReplaySettings {
-        let r = &self.replay;
-        ReplaySettings {
-            batch_size: r.batch_size,
-            max_attempts: r.max_attempts,
-            backoff_initial: std::time::Duration::from_millis(r.backoff_initial_ms),
-            backoff_max: std::time::Duration::from_secs(r.backoff_max_seconds),
-        }
-    }
-
-    /// Builds the configured targets, with the tenants bound to each. Needs a Tokio runtime (connection
-    /// pools are prepared, not connected).
-    ///
-    /// # Errors
-    /// A target whose settings are invalid, naming the key (`target.<name>.<key>`).
-    pub fn bindings(&self) -> Result<Vec<crate::replay::Binding>, ConfigError> {
-        self.targets
-            .iter()
-            .map(|t| {
-                let target = match t {
-                    TargetConfig::Sql(c) => {
-                        crate::target::sql::SqlTarget::from_config(c).map(crate::target::Target::Sql)
-                    }
-                    TargetConfig::Ldap(c) => {
-                        crate::target::ldap::LdapTarget::from_config(c).map(crate::target::Target::Ldap)
-                    }
-                }
-                .map_err(|e| {
-                    let (key, msg) = e.split_once(": ").unwrap_or(("", e.as_str()));
-                    invalid(format!("target.{}.{key}", t.name()), msg)
-                })?;
-                let tenants = self
-                    .tenants
-                    .iter()
-                    .filter(|tc| tc.targets.iter().any(|n| n == t.name()))
-                    .map(|tc| tc.name.clone())
-                    .collect();
-                Ok(crate::replay::Binding { target, tenants })
-            })
-            .collect()
-    }
-
     /// The configuration used when no file is given: staging and a SQLite demo application database in
     /// ./scim-bridge-data, the tenant "default" replayed into it.
     pub fn embedded() -> Config {
@@ -324,60 +275,11 @@ impl Config {
             )
         })
     }
-
-    pub fn scim_settings(&self) -> ScimSettings {
-        let s = &self.server;
-        ScimSettings {
-            base_path: s.base_path.clone(),
-            max_body_bytes: s.max_body_bytes,
-            strict: s.strict,
-            default_page_size: s.default_page_size,
-            max_page_size: s.max_page_size,
-            public_url: s.public_url.clone(),
-        }
-    }
-
-    pub fn staging_options(&self) -> StagingOptions {
-        StagingOptions { max_batch: self.staging.max_batch }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn example_config_is_valid() {
-        let text = include_str!("../config.toml.example");
-        let c = Config::parse(text).unwrap();
-        assert_eq!(c.bindings().unwrap()[0].tenants, ["entra-prod"]);
-    }
-
-    #[tokio::test]
-    async fn embedded_default_parses_and_builds() {
-        let c = Config::parse(EMBEDDED).unwrap();
-        assert_eq!(c.tenants[0].name, "default");
-        assert_eq!(c.bindings().unwrap().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn target_errors_name_the_key() {
-        let base = "[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\nurl = \"sqlite:///tmp/x.db\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n[target.users.columns]\n";
-        let c = Config::parse(&format!("{base}first = \"name.givenName\"\n")).unwrap();
-        assert_eq!(c.bindings().unwrap()[0].tenants, ["t"]);
-        for (extra, needle) in [
-            ("first = \"name.shoeSize\"\n", "target.crm.users.columns.first"),
-            ("\"bad col\" = \"title\"\n", "target.crm.users.columns.bad col"),
-            ("blocked = { from = \"title\", true = 1, false = 0 }\n", "target.crm.users.columns.blocked"),
-        ] {
-            let e = Config::parse(&format!("{base}{extra}")).unwrap().bindings().map(|_| ()).unwrap_err().to_string();
-            assert!(e.contains(needle), "{extra}: {e}");
-        }
-        let e = Config::parse(&base.replace("targets = [\"crm\"]", "targets = [\"nope\"]")).unwrap_err().to_string();
-        assert!(e.contains("tenant.t.targets") && e.contains("nope"), "{e}");
-        let e = Config::parse(&base.replace("url = ", "uri = ")).unwrap_err().to_string();
-        assert!(e.contains("uri"), "{e}");
-    }
 
     #[test]
     fn empty_file_is_the_default() {

@@ -1,5 +1,6 @@
-//! The daemon: the staging store, the SCIM endpoint and one replay worker per target, started and stopped
-//! together. `main` runs it on a signal; tests run it on `127.0.0.1:0` with a future of their own.
+//! The daemon: wiring. It builds the targets from the configuration, opens staging, and runs the SCIM
+//! endpoint and one replay worker per target, started and stopped together. `main` runs it on a signal;
+//! tests run it on `127.0.0.1:0` with a future of their own.
 
 use std::future::Future;
 use std::path::Path;
@@ -7,10 +8,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::config::{Config, ConfigError};
-use crate::replay;
-use crate::staging::replay_store::ReplayStore;
-use crate::staging::{Staging, StagingError};
+use crate::config::{Config, ConfigError, TargetConfig};
+use crate::http::ScimSettings;
+use crate::replay::{self, Binding, ReplaySettings};
+use crate::staging::replay_state::ReplayStore;
+use crate::staging::{Staging, StagingError, StagingOptions};
+use crate::targets::Target;
+use crate::targets::ldap::LdapTarget;
+use crate::targets::sql::SqlTarget;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -20,6 +25,44 @@ pub enum DaemonError {
     Staging(#[from] StagingError),
     #[error("serving HTTP failed: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Builds one target from its configuration. Needs a Tokio runtime (connection pools are prepared, not
+/// connected).
+///
+/// # Errors
+/// A setting that cannot work, named as `target.<name>.<key>`.
+pub fn build_target(t: &TargetConfig) -> Result<Target, ConfigError> {
+    match t {
+        TargetConfig::Sql(c) => SqlTarget::from_config(c).map(Target::Sql),
+        TargetConfig::Ldap(c) => LdapTarget::from_config(c).map(Target::Ldap),
+    }
+    .map_err(|e| ConfigError::Invalid { key: format!("target.{}.{}", t.name(), e.key), message: e.message })
+}
+
+/// The configured targets, each with the tenants bound to it.
+///
+/// # Errors
+/// As for [`build_target`].
+pub fn bindings(config: &Config) -> Result<Vec<Binding>, ConfigError> {
+    config
+        .targets
+        .iter()
+        .map(|t| {
+            let tenants = config
+                .tenants
+                .iter()
+                .filter(|tc| tc.targets.iter().any(|n| n == t.name()))
+                .map(|tc| tc.name.clone())
+                .collect();
+            Ok(Binding { target: build_target(t)?, tenants })
+        })
+        .collect()
+}
+
+/// The SCIM endpoint's settings from `[server]`.
+pub fn scim_settings(config: &Config) -> ScimSettings {
+    (&config.server).into()
 }
 
 /// Runs until `shutdown` resolves: HTTP stops first (in-flight requests finish and are committed), then
@@ -36,13 +79,14 @@ pub async fn run(
     // on its own; installing it here makes the choice explicit and immune to a dependency that enables a
     // second provider, which would otherwise make rustls panic on first use.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let bindings = config.bindings()?;
-    let staging = Staging::open(&config.staging.path, config.staging_options())?;
+    let bindings = bindings(config)?;
+    let staging = Staging::open(&config.staging.path, StagingOptions { max_batch: config.staging.max_batch })?;
     let store = ReplayStore::open(&config.staging.path)?;
     let (stop_replay, replay_stopping) = tokio::sync::watch::channel(false);
-    let workers = replay::spawn(bindings, store, config.replay_settings(), staging.commits(), replay_stopping);
+    let settings = ReplaySettings::from(&config.replay);
+    let workers = replay::spawn(bindings, store, settings, staging.commits(), replay_stopping);
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-    let served = crate::serve(listener, staging, config.scim_settings(), grace, shutdown).await;
+    let served = crate::http::serve(listener, staging, scim_settings(config), grace, shutdown).await;
     let _ = stop_replay.send(true);
     for w in workers {
         if tokio::time::timeout(grace, w).await.is_err() {
@@ -86,4 +130,49 @@ pub fn prepare_demo_database(path: &Path) -> Result<(), rusqlite::Error> {
              PRIMARY KEY (team_id, employee_id)
          );",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EMBEDDED;
+
+    #[tokio::test]
+    async fn example_config_is_valid() {
+        let text = include_str!("../config.toml.example");
+        let c = Config::parse(text).unwrap();
+        assert_eq!(bindings(&c).unwrap()[0].tenants, ["entra-prod"]);
+    }
+
+    #[tokio::test]
+    async fn embedded_default_parses_and_builds() {
+        let c = Config::parse(EMBEDDED).unwrap();
+        assert_eq!(c.tenants[0].name, "default");
+        assert_eq!(bindings(&c).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn target_errors_name_the_key() {
+        let base = "[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\nurl = \"sqlite:///tmp/x.db\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n[target.users.columns]\n";
+        let c = Config::parse(&format!("{base}first = \"name.givenName\"\n")).unwrap();
+        assert_eq!(bindings(&c).unwrap()[0].tenants, ["t"]);
+        for (extra, needle) in [
+            ("first = \"name.shoeSize\"\n", "target.crm.users.columns.first"),
+            ("\"bad col\" = \"title\"\n", "target.crm.users.columns.bad col"),
+            ("blocked = { from = \"title\", true = 1, false = 0 }\n", "target.crm.users.columns.blocked"),
+        ] {
+            let c = Config::parse(&format!("{base}{extra}")).unwrap();
+            let e = bindings(&c).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra}: {e}");
+        }
+        let e = Config::parse(&base.replace("targets = [\"crm\"]", "targets = [\"nope\"]")).unwrap_err().to_string();
+        assert!(e.contains("tenant.t.targets") && e.contains("nope"), "{e}");
+        let e = Config::parse(&base.replace("url = ", "uri = ")).unwrap_err().to_string();
+        assert!(e.contains("uri"), "{e}");
+        let e = Config::parse(&base.replace("[target.users]", "groups = \"ignor\"\n[target.users]"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ignor") && e.contains("\"ignore\""), "{e}");
+    }
 }

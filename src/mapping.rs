@@ -61,7 +61,7 @@ impl AttrRef {
         let PatchPath { attr, filter, sub_after_filter } =
             filter::parse_path(text).map_err(|e| format!("invalid attribute path {text:?}: {e}"))?;
         let r = schema::resolve(kind, attr.schema.as_deref(), &attr.attr, attr.sub.as_deref())
-            .map_err(|e| format!("attribute path {text:?}: {}", e.detail))?;
+            .map_err(|e| format!("attribute path {text:?}: {e}"))?;
         let sub = match (r.sub, &sub_after_filter) {
             (Some(s), _) => Some(s),
             (None, Some(name)) => Some(

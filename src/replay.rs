@@ -5,15 +5,18 @@
 //! parked as a dead letter, while later entries of that resource wait behind it and others go on.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::watch;
 
+use crate::config::ReplayConfig;
 use crate::scim::schema::Kind;
-use crate::staging::replay_store::{Failure, Record, ReplayStore};
-use crate::staging::{StagingError, TenantId};
-use crate::target::{Applied, Entry, Links, Target, TargetError};
+use crate::staging::StagingError;
+use crate::staging::journal::{Applied, ChangeSeq, Entry, Links, ResourceRef};
+use crate::staging::replay_state::{Failure, FailureState, LinkOwners, Record, ReplayStore};
+use crate::targets::{Claims, Target, TargetError};
 
 /// Replay settings (the `[replay]` section).
 #[derive(Debug, Clone)]
@@ -27,40 +30,107 @@ pub struct ReplaySettings {
     pub backoff_max: Duration,
 }
 
-impl Default for ReplaySettings {
-    fn default() -> Self {
+impl From<&ReplayConfig> for ReplaySettings {
+    fn from(r: &ReplayConfig) -> Self {
         ReplaySettings {
-            batch_size: 500,
-            max_attempts: 5,
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(300),
+            batch_size: r.batch_size,
+            max_attempts: r.max_attempts,
+            backoff_initial: Duration::from_millis(r.backoff_initial_ms),
+            backoff_max: Duration::from_secs(r.backoff_max_seconds),
         }
     }
 }
 
+impl Default for ReplaySettings {
+    fn default() -> Self {
+        (&ReplayConfig::default()).into()
+    }
+}
+
+/// What replay needs of a target. [`Target`] is the real one; the tests use one in memory.
+pub trait ReplayTarget: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    /// How many batches may be applied at once.
+    fn parallelism(&self) -> usize;
+    fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// See [`Target::apply_batch`].
+    fn apply_batch<'a>(
+        &'a self,
+        entries: &'a [Entry],
+        links: &'a mut Links,
+        claims: &'a dyn Claims,
+    ) -> impl Future<Output = Result<Vec<Applied>, TargetError>> + Send + 'a;
+}
+
+impl ReplayTarget for Target {
+    fn name(&self) -> &str {
+        Target::name(self)
+    }
+    fn parallelism(&self) -> usize {
+        Target::parallelism(self)
+    }
+    fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send {
+        Target::check(self)
+    }
+    fn apply_batch<'a>(
+        &'a self,
+        entries: &'a [Entry],
+        links: &'a mut Links,
+        claims: &'a dyn Claims,
+    ) -> impl Future<Output = Result<Vec<Applied>, TargetError>> + Send + 'a {
+        Target::apply_batch(self, entries, links, claims)
+    }
+}
+
 /// One target with the tenants whose changes it receives.
-pub struct Binding {
-    pub target: Target,
+pub struct Binding<T = Target> {
+    pub target: T,
     pub tenants: Vec<String>,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+/// Link owners from staging, as the targets ask for them.
+struct StoreClaims(LinkOwners);
+
+impl Claims for StoreClaims {
+    fn owner(&self, kind: Kind, key: &str) -> Result<Option<ResourceRef>, TargetError> {
+        // Not knowing is not "unclaimed": the change waits for staging rather than risk taking over a row.
+        self.0.owner(kind, key).map_err(|e| TargetError::transient_from("cannot read link owners from staging", e))
+    }
 }
 
-/// Exponential backoff with ±25 % jitter, so that many stalled entries do not retry in lockstep.
+/// Wall-clock milliseconds for retry times stored in staging, advanced by Tokio's clock, so that tests
+/// with paused time see retries fall due without waiting.
+#[derive(Clone, Copy)]
+struct Clock {
+    wall_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
+        Clock { wall_ms, start: tokio::time::Instant::now() }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.wall_ms + self.start.elapsed().as_millis() as i64
+    }
+}
+
+/// Exponential backoff with ±25 % jitter, so that many stalled entries do not retry in lockstep; never
+/// longer than `backoff_max`, jitter included.
 pub fn backoff(settings: &ReplaySettings, attempt: u32) -> Duration {
     let base = settings.backoff_initial.saturating_mul(1u32 << attempt.min(20)).min(settings.backoff_max);
     let mut r = [0u8; 2];
     let _ = getrandom::fill(&mut r);
     let jitter = (u16::from_le_bytes(r) as f64 / u16::MAX as f64) * 0.5 - 0.25;
-    base.mul_f64(1.0 + jitter)
+    base.mul_f64(1.0 + jitter).min(settings.backoff_max)
 }
 
 /// Why a step stopped early: the target is unreachable (retry the step later), or staging failed.
 #[derive(Debug)]
 enum StepError {
-    Down(String),
+    Down(TargetError),
     Staging(StagingError),
 }
 
@@ -70,32 +140,34 @@ impl From<StagingError> for StepError {
     }
 }
 
-struct Worker {
-    binding: Binding,
+struct Worker<T> {
+    binding: Binding<T>,
     store: ReplayStore,
     settings: ReplaySettings,
+    clock: Clock,
 }
 
 /// Starts one worker per target. They stop when `shutdown` becomes true; `commits` wakes them when new
 /// journal entries are committed.
-pub fn spawn(
-    bindings: Vec<Binding>,
+pub fn spawn<T: ReplayTarget>(
+    bindings: Vec<Binding<T>>,
     store: ReplayStore,
     settings: ReplaySettings,
     commits: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let clock = Clock::new();
     bindings
         .into_iter()
         .map(|binding| {
-            let w = Arc::new(Worker { binding, store: store.clone(), settings: settings.clone() });
+            let w = Arc::new(Worker { binding, store: store.clone(), settings: settings.clone(), clock });
             let (commits, shutdown) = (commits.clone(), shutdown.clone());
             tokio::spawn(async move { w.run(commits, shutdown).await })
         })
         .collect()
 }
 
-impl Worker {
+impl<T: ReplayTarget> Worker<T> {
     fn name(&self) -> &str {
         self.binding.target.name()
     }
@@ -104,7 +176,9 @@ impl Worker {
         let target = self.name().to_owned();
         match self.binding.target.check().await {
             Ok(()) => tracing::info!(target = %target, tenants = ?self.binding.tenants, "replay started"),
-            Err(e) => tracing::warn!(target = %target, error = %e, "target not ready; replay will keep trying"),
+            Err(e) => {
+                tracing::warn!(target = %target, error = %e.report(), "target not ready; replay will keep trying")
+            }
         }
         let mut failures_in_a_row = 0u32;
         loop {
@@ -121,7 +195,7 @@ impl Worker {
                     // Idle: wait for new commits, the next due retry, or shutdown.
                     let next_due = self.store_call(|s, t| s.next_due(&t)).await.ok().flatten();
                     let wait = next_due
-                        .map(|d| Duration::from_millis((d - now_ms()).max(0) as u64))
+                        .map(|d| Duration::from_millis((d - self.clock.now_ms()).max(0) as u64))
                         .unwrap_or(Duration::from_secs(60));
                     tokio::select! {
                         _ = commits.changed() => {}
@@ -133,8 +207,8 @@ impl Worker {
                     let pause = backoff(&self.settings, failures_in_a_row);
                     failures_in_a_row = failures_in_a_row.saturating_add(1);
                     match e {
-                        StepError::Down(msg) => {
-                            tracing::warn!(target = %target, error = %msg, retry_in_ms = pause.as_millis() as u64, "target unavailable; changes are kept and will be applied in order")
+                        StepError::Down(err) => {
+                            tracing::warn!(target = %target, error = %err.report(), retry_in_ms = pause.as_millis() as u64, "target unavailable; changes are kept and will be applied in order")
                         }
                         StepError::Staging(err) => {
                             tracing::error!(target = %target, error = %err, retry_in_ms = pause.as_millis() as u64, "replay cannot use the staging database")
@@ -150,12 +224,16 @@ impl Worker {
         tracing::info!(target = %target, "replay stopped");
     }
 
-    async fn store_call<T: Send + 'static>(
+    async fn store_call<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&ReplayStore, String) -> Result<T, StagingError> + Send + 'static,
-    ) -> Result<T, StagingError> {
+        f: impl FnOnce(&ReplayStore, String) -> Result<R, StagingError> + Send + 'static,
+    ) -> Result<R, StagingError> {
         let name = self.name().to_owned();
         self.store.run(move |s| f(s, name)).await
+    }
+
+    fn claims(&self) -> StoreClaims {
+        StoreClaims(self.store.link_owners(self.name()))
     }
 
     /// One round: due retries, then new journal entries. Ok(true) when it did something.
@@ -165,22 +243,21 @@ impl Worker {
         let tenants = self.binding.tenants.clone();
         let limit = self.settings.batch_size;
         let (entries, upto) = self.store.run(move |s| s.fetch(&tenants, cursor, limit)).await?;
+        let mut record = Record::new(self.name());
+        record.cursor = Some(upto);
         if entries.is_empty() {
             if upto > cursor {
                 // Only other tenants' changes: move past them.
-                let record = Record { target: self.name().to_owned(), cursor: Some(upto), ..Default::default() };
                 self.store.run(move |s| s.record(&record)).await?;
             }
             return Ok(retried);
         }
-        let mut record = Record { target: self.name().to_owned(), cursor: Some(upto), ..Default::default() };
         let blocked = self.store_call(|s, t| s.blocked(&t)).await?;
         let mut links = self.load_links(&entries).await?;
-        let mut failed: HashMap<(TenantId, String), i64> = HashMap::new();
+        let mut failed: HashMap<ResourceRef, ChangeSeq> = HashMap::new();
         let mut ready = Vec::new();
         for e in entries {
-            let id = (e.tenant, e.resource_id.clone());
-            if blocked.contains(&id) {
+            if blocked.contains(&e.resource()) {
                 self.wait_behind(&mut record, &e, None);
             } else {
                 ready.push(e);
@@ -208,14 +285,14 @@ impl Worker {
     }
 
     async fn load_links(&self, entries: &[Entry]) -> Result<Links, StagingError> {
-        let mut ids: HashSet<(TenantId, String)> = HashSet::new();
+        let mut resources: HashSet<ResourceRef> = HashSet::new();
         for e in entries {
-            ids.insert((e.tenant, e.resource_id.clone()));
+            resources.insert(e.resource());
             for m in e.members_added.iter().chain(&e.members_removed) {
-                ids.insert((e.tenant, m.clone()));
+                resources.insert(e.member(m));
             }
         }
-        self.store_call(move |s, t| s.links(&t, &ids)).await
+        self.store_call(move |s, t| s.links(&t, &resources)).await
     }
 
     /// Applies entries of one kind: resources spread over parallel transactions, each resource's entries
@@ -225,14 +302,14 @@ impl Worker {
         entries: Vec<Entry>,
         links: &mut Links,
         record: &mut Record,
-        failed: &mut HashMap<(TenantId, String), i64>,
+        failed: &mut HashMap<ResourceRef, ChangeSeq>,
     ) -> Result<(), StepError> {
         let lanes = self.binding.target.parallelism().max(1);
         let mut buckets: Vec<Vec<Entry>> = (0..lanes).map(|_| Vec::new()).collect();
-        let mut lane_of: HashMap<(TenantId, String), usize> = HashMap::new();
+        let mut lane_of: HashMap<ResourceRef, usize> = HashMap::new();
         let mut next = 0;
         for e in entries {
-            let lane = *lane_of.entry((e.tenant, e.resource_id.clone())).or_insert_with(|| {
+            let lane = *lane_of.entry(e.resource()).or_insert_with(|| {
                 next += 1;
                 (next - 1) % lanes
             });
@@ -240,7 +317,7 @@ impl Worker {
         }
         let buckets: Vec<Vec<Entry>> = buckets.into_iter().filter(|b| !b.is_empty()).collect();
         let target = &self.binding.target;
-        let claims = &self.store.claims(self.name());
+        let claims = &self.claims();
         let results = futures_util::future::join_all(buckets.iter().map(|b| {
             let mut lane_links = links.clone();
             async move {
@@ -261,18 +338,18 @@ impl Worker {
                     self.log_applied(&bucket, &applied);
                     record.applied.extend(bucket.into_iter().zip(applied));
                 }
-                Err((_, TargetError::Transient(msg))) => down = Some(msg),
-                Err((_, TargetError::Permanent(_))) => isolate.push(bucket),
+                Err(e) if e.is_transient() => down = Some(e),
+                Err(_) => isolate.push(bucket),
             }
         }
-        if let Some(msg) = down {
-            return Err(StepError::Down(msg));
+        if let Some(e) = down {
+            return Err(StepError::Down(e));
         }
         // A lane failed on some entry: apply its entries one by one to find which, and let the others through.
         for bucket in isolate {
             for e in bucket {
-                let id = (e.tenant, e.resource_id.clone());
-                if let Some(first) = failed.get(&id) {
+                let resource = e.resource();
+                if let Some(first) = failed.get(&resource) {
                     let first = *first;
                     self.wait_behind(record, &e, Some(first));
                     continue;
@@ -286,10 +363,10 @@ impl Worker {
                         self.log_applied(std::slice::from_ref(&e), std::slice::from_ref(&a));
                         record.applied.push((e, a));
                     }
-                    Err((_, TargetError::Transient(msg))) => return Err(StepError::Down(msg)),
-                    Err((_, TargetError::Permanent(msg))) => {
-                        failed.insert(id, e.seq);
-                        self.fail(record, &e, msg, 1);
+                    Err(err) if err.is_transient() => return Err(StepError::Down(err)),
+                    Err(err) => {
+                        failed.insert(resource, e.seq);
+                        self.fail(record, &e, err.report(), 1);
                     }
                 }
             }
@@ -304,9 +381,9 @@ impl Worker {
                 tenant = e.tenant.0,
                 resource = e.kind.as_str(),
                 resource_id = %e.resource_id,
-                change_seq = e.seq,
+                change_seq = e.seq.0,
                 op = e.op.as_str(),
-                outcome = a.outcome,
+                outcome = a.outcome.as_str(),
                 key = a.key.as_deref().unwrap_or("-"),
                 detail = %a.detail,
                 "change replayed"
@@ -317,12 +394,12 @@ impl Worker {
     /// Records a permanent failure: a retry later, or a dead letter after `max_attempts`.
     fn fail(&self, record: &mut Record, e: &Entry, msg: String, attempts: i64) {
         let dead = attempts >= self.settings.max_attempts;
-        let next = now_ms() + backoff(&self.settings, attempts.max(1) as u32 - 1).as_millis() as i64;
+        let next = self.clock.now_ms() + backoff(&self.settings, attempts.max(1) as u32 - 1).as_millis() as i64;
         if dead {
-            tracing::error!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq, attempts, error = %msg,
+            tracing::error!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg,
                 "change parked as a dead letter; later changes of this resource wait behind it (scim-bridge journal / retry)");
         } else {
-            tracing::warn!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq, attempts, error = %msg, "change failed; will retry");
+            tracing::warn!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg, "change failed; will retry");
         }
         record.errors.push((e.clone(), msg.clone()));
         record.failures.push(Failure {
@@ -330,7 +407,7 @@ impl Worker {
             seq: e.seq,
             tenant: e.tenant,
             resource_id: e.resource_id.clone(),
-            state: if dead { "dead" } else { "retry" }.into(),
+            state: if dead { FailureState::Dead } else { FailureState::Retry },
             attempts,
             next_attempt_ms: next,
             last_error: msg,
@@ -338,18 +415,18 @@ impl Worker {
         });
     }
 
-    fn wait_behind(&self, record: &mut Record, e: &Entry, first: Option<i64>) {
+    fn wait_behind(&self, record: &mut Record, e: &Entry, first: Option<ChangeSeq>) {
         let msg = match first {
             Some(seq) => format!("waiting behind change {seq} of the same resource, which failed"),
             None => "waiting behind an earlier change of the same resource, which failed".to_owned(),
         };
-        tracing::info!(target = %self.name(), resource_id = %e.resource_id, change_seq = e.seq, "{msg}");
+        tracing::info!(target = %self.name(), resource_id = %e.resource_id, change_seq = e.seq.0, "{msg}");
         record.failures.push(Failure {
             target: self.name().to_owned(),
             seq: e.seq,
             tenant: e.tenant,
             resource_id: e.resource_id.clone(),
-            state: "waiting".into(),
+            state: FailureState::Waiting,
             attempts: 0,
             next_attempt_ms: 0,
             last_error: msg,
@@ -359,15 +436,15 @@ impl Worker {
 
     /// Retries due failed entries; after a success, the entries waiting behind it follow in order.
     async fn retry_due(&self) -> Result<bool, StepError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let due = self.store_call(move |s, t| s.due(&t, now)).await?;
         if due.is_empty() {
             return Ok(false);
         }
         for f in due {
-            let (tenant, resource_id) = (f.tenant, f.resource_id.clone());
-            let waiting = self.store_call(move |s, t| s.waiting(&t, tenant, &resource_id)).await?;
-            let mut record = Record { target: self.name().to_owned(), ..Default::default() };
+            let resource = f.resource();
+            let waiting = self.store_call(move |s, t| s.waiting(&t, &resource)).await?;
+            let mut record = Record::new(self.name());
             let mut queue = vec![f];
             queue.extend(waiting);
             for (i, item) in queue.into_iter().enumerate() {
@@ -377,21 +454,20 @@ impl Worker {
                     continue;
                 };
                 let mut links = self.load_links(std::slice::from_ref(&entry)).await?;
-                let claims = self.store.claims(self.name());
-                match self.binding.target.apply_batch(std::slice::from_ref(&entry), &mut links, &claims).await {
+                match self.binding.target.apply_batch(std::slice::from_ref(&entry), &mut links, &self.claims()).await {
                     Ok(mut applied) => {
                         let a = applied.remove(0);
                         self.log_applied(std::slice::from_ref(&entry), std::slice::from_ref(&a));
                         record.resolved.push(seq);
                         record.applied.push((entry, a));
                     }
-                    Err((_, TargetError::Transient(msg))) => {
+                    Err(err) if err.is_transient() => {
                         self.store.run(move |s| s.record(&record)).await?;
-                        return Err(StepError::Down(msg));
+                        return Err(StepError::Down(err));
                     }
-                    Err((_, TargetError::Permanent(msg))) => {
+                    Err(err) => {
                         let attempts = if i == 0 { item.attempts + 1 } else { 1 };
-                        self.fail(&mut record, &entry, msg, attempts);
+                        self.fail(&mut record, &entry, err.report(), attempts);
                         break;
                     }
                 }
@@ -405,28 +481,13 @@ impl Worker {
 /// Links learned in a lane are the truth for that lane's resources and for nothing else.
 fn merge_links(links: &mut Links, entries: &[Entry], lane: &Links) {
     for e in entries {
-        let id = (e.tenant, e.resource_id.clone());
-        match lane.get(&id) {
-            Some(k) => links.insert(id, k.clone()),
-            None => links.remove(&id),
+        let resource = e.resource();
+        match lane.get(&resource) {
+            Some(k) => links.insert(resource, k.clone()),
+            None => links.remove(&resource),
         };
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_with_jitter_and_caps() {
-        let s = ReplaySettings {
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
-            ..Default::default()
-        };
-        for (attempt, base) in [(0u32, 100u64), (1, 200), (2, 400), (3, 800), (4, 1000), (30, 1000)] {
-            let d = backoff(&s, attempt).as_millis() as u64;
-            assert!(d >= base * 3 / 4 && d <= base * 5 / 4 + 1, "attempt {attempt}: {d} ms vs {base}");
-        }
-    }
-}
+mod tests;

@@ -1,5 +1,6 @@
 //! Contract point 1, "acknowledged means durable": a daemon process is killed with SIGKILL while clients
 //! stream creates; after each restart every create that was answered 201 must be there.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed assertion
 
 use std::collections::HashSet;
 use std::process::Stdio;

@@ -1,5 +1,6 @@
 //! The README's first command: `scim-bridge serve` without a config file starts on the embedded default,
 //! prints a token once, and replays into the SQLite demo application database.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed assertion
 
 use std::process::Stdio;
 use std::time::Duration;

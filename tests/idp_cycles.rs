@@ -1,5 +1,6 @@
 //! Replays the request sequences Entra ID and Okta send during a provisioning cycle (tests/fixtures/*.json)
 //! against the real server over HTTP, checking status codes and response bodies step by step.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed assertion
 
 mod common;
 

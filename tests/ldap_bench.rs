@@ -5,6 +5,7 @@
 //!
 //! (USERS=n to change the count; SLAPD_NOSYNC=1 runs slapd without a sync per write, which shows how much
 //! of the time is the directory's own durability).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed assertion
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The SCIM surface over real HTTP: authentication and tenant isolation, validation up front (nothing
 //! stored on a bad request), filters, paging, projection, ETags, PATCH atomicity and discovery endpoints.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test: a failed unwrap is a failed assertion
 
 mod common;
 
@@ -81,7 +82,7 @@ async fn tenants_are_isolated() {
 #[tokio::test]
 async fn bad_requests_are_refused_and_store_nothing() {
     let s =
-        TestServer::start_with(scim_bridge::scim::ScimSettings { max_body_bytes: 4096, ..Default::default() }).await;
+        TestServer::start_with(scim_bridge::http::ScimSettings { max_body_bytes: 4096, ..Default::default() }).await;
     // Tribe CRM rule: neither an email-shaped userName nor any email.
     let (status, v) =
         s.send(Method::POST, "/Users", Some(&json!({"userName": "jdoe", "name": {"givenName": "J"}}))).await;

@@ -1,11 +1,8 @@
-//! SCIM protocol errors (RFC 7644 §3.12): every failure a client can cause is answered in this shape, so that
-//! it shows in the IdP's provisioning log with a status and a `scimType` the IdP understands.
+//! SCIM protocol errors (RFC 7644 §3.12): every failure a client can cause is described in this shape, so
+//! that it shows in the IdP's provisioning log with a status and a `scimType` the IdP understands. This is
+//! the protocol model only; `crate::http` turns it into a response.
 
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use serde_json::json;
-
-use super::SCIM_CONTENT_TYPE;
 
 /// The `scimType` values of RFC 7644 §3.12 table 9 that this service uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,22 +34,62 @@ impl ScimType {
     }
 }
 
+/// The HTTP statuses RFC 7644 §3.12 assigns to SCIM errors, those this service answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    BadRequest,
+    Unauthorized,
+    NotFound,
+    MethodNotAllowed,
+    RequestTimeout,
+    Conflict,
+    PreconditionFailed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    TooManyRequests,
+    Internal,
+    NotImplemented,
+    Unavailable,
+}
+
+impl Status {
+    pub fn code(self) -> u16 {
+        match self {
+            Status::BadRequest => 400,
+            Status::Unauthorized => 401,
+            Status::NotFound => 404,
+            Status::MethodNotAllowed => 405,
+            Status::RequestTimeout => 408,
+            Status::Conflict => 409,
+            Status::PreconditionFailed => 412,
+            Status::PayloadTooLarge => 413,
+            Status::UnsupportedMediaType => 415,
+            Status::TooManyRequests => 429,
+            Status::Internal => 500,
+            Status::NotImplemented => 501,
+            Status::Unavailable => 503,
+        }
+    }
+}
+
 /// An error answered to a SCIM client. `detail` is sent to the client, so it must never carry internal
 /// state (file paths, SQL, secrets): internal failures are logged and answered with a generic 500.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{status} {}: {detail}", scim_type.map(ScimType::as_str).unwrap_or("-"))]
+#[error("{} {}: {detail}", status.code(), scim_type.map(ScimType::as_str).unwrap_or("-"))]
 pub struct ScimError {
-    pub status: StatusCode,
+    pub status: Status,
     pub scim_type: Option<ScimType>,
     pub detail: String,
+    /// Seconds after which the client may retry (429 and 503 answers carry a `Retry-After` header).
+    pub retry_after: Option<u64>,
 }
 
 impl ScimError {
-    pub fn new(status: StatusCode, scim_type: Option<ScimType>, detail: impl Into<String>) -> Self {
-        ScimError { status, scim_type, detail: detail.into() }
+    pub fn new(status: Status, scim_type: Option<ScimType>, detail: impl Into<String>) -> Self {
+        ScimError { status, scim_type, detail: detail.into(), retry_after: None }
     }
     pub fn bad_request(scim_type: ScimType, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, Some(scim_type), detail)
+        Self::new(Status::BadRequest, Some(scim_type), detail)
     }
     pub fn invalid_value(detail: impl Into<String>) -> Self {
         Self::bad_request(ScimType::InvalidValue, detail)
@@ -73,57 +110,44 @@ impl ScimError {
         Self::bad_request(ScimType::Mutability, detail)
     }
     pub fn uniqueness(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, Some(ScimType::Uniqueness), detail)
+        Self::new(Status::Conflict, Some(ScimType::Uniqueness), detail)
     }
     pub fn not_found(kind: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, None, format!("{kind} {id:?} not found"))
+        Self::new(Status::NotFound, None, format!("{kind} {id:?} not found"))
     }
     pub fn unauthorized(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, None, detail)
+        Self::new(Status::Unauthorized, None, detail)
     }
     pub fn precondition_failed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::PRECONDITION_FAILED, None, detail)
+        Self::new(Status::PreconditionFailed, None, detail)
     }
     pub fn payload_too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, None, format!("request body exceeds the limit of {limit} bytes"))
+        Self::new(Status::PayloadTooLarge, None, format!("request body exceeds the limit of {limit} bytes"))
     }
     pub fn method_not_allowed(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, None, detail)
+        Self::new(Status::MethodNotAllowed, None, detail)
     }
     /// Internal failures: the cause is logged by the caller; the client learns only that it may retry.
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, None, "internal error; the change was not stored, retry later")
+        Self::new(Status::Internal, None, "internal error; the change was not stored, retry later")
     }
-    pub fn unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            None,
-            "the service is shutting down; the change was not stored, retry later",
-        )
+    /// The change cannot be stored right now (shutting down, disk full, read-only file system): 503 with
+    /// `Retry-After`, so that Entra ID and Okta retry instead of recording a failure.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        ScimError { retry_after: Some(30), ..Self::new(Status::Unavailable, None, detail) }
     }
 
+    /// The RFC 7644 §3.12 error document.
     pub fn body(&self) -> serde_json::Value {
         let mut body = json!({
             "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
             // RFC 7644 §3.12: status is a string.
-            "status": self.status.as_str(),
+            "status": self.status.code().to_string(),
             "detail": self.detail,
         });
         if let Some(t) = self.scim_type {
             body["scimType"] = json!(t.as_str());
         }
         body
-    }
-}
-
-impl IntoResponse for ScimError {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, self.body().to_string()).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
-        if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"scim-bridge\""));
-        }
-        response
     }
 }

@@ -1,18 +1,16 @@
-//! The SCIM 2.0 protocol (RFC 7643/7644): resource schemas, filters, PATCH, rendering and the HTTP routes
-//! that Entra ID and Okta call. First stage of the pipeline: it validates, then hands changes to staging.
+//! The SCIM 2.0 protocol model (RFC 7643/7644), without HTTP: resource schemas, filters, PATCH, projection,
+//! validation and error kinds. The bottom of the pipeline: staging and the HTTP layer build on it.
 
 pub mod error;
 pub mod filter;
 pub mod patch;
-mod render;
-mod routes;
+pub mod projection;
 pub mod schema;
 
 use serde_json::{Map, Value};
 
-pub use routes::{ScimSettings, router};
-
 use error::ScimError;
+use filter::Filter;
 use schema::Kind;
 
 pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
@@ -44,4 +42,47 @@ pub fn validate(kind: Kind, doc: &Map<String, Value>) -> Result<(), ScimError> {
         }
     }
     Ok(())
+}
+
+/// Every attribute a filter names must exist, so that a typo is a clear 400 rather than an empty result.
+///
+/// # Errors
+/// `invalidFilter` naming the unknown attribute.
+pub fn check_filter(kind: Kind, f: &Filter) -> Result<(), ScimError> {
+    let check = |p: &filter::AttrPath, sub: Option<&str>| {
+        schema::resolve(kind, p.schema.as_deref(), &p.attr, sub.or(p.sub.as_deref()))
+            .map(|_| ())
+            .map_err(|e| ScimError::invalid_filter(e.to_string()))
+    };
+    match f {
+        Filter::And(l, r) | Filter::Or(l, r) => {
+            check_filter(kind, l)?;
+            check_filter(kind, r)
+        }
+        Filter::Not(x) => check_filter(kind, x),
+        Filter::Present(p) | Filter::Compare(p, _, _) => check(p, None),
+        Filter::ValuePath { path, filter: inner, then } => {
+            check(path, None)?;
+            for part in [Some(inner.as_ref()), then.as_deref()].into_iter().flatten() {
+                check_sub(kind, path, part)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_sub(kind: Kind, parent: &filter::AttrPath, f: &Filter) -> Result<(), ScimError> {
+    match f {
+        Filter::And(l, r) | Filter::Or(l, r) => {
+            check_sub(kind, parent, l)?;
+            check_sub(kind, parent, r)
+        }
+        Filter::Not(x) => check_sub(kind, parent, x),
+        Filter::Present(p) | Filter::Compare(p, _, _) => {
+            schema::resolve(kind, parent.schema.as_deref(), &parent.attr, Some(&p.attr))
+                .map(|_| ())
+                .map_err(|e| ScimError::invalid_filter(e.to_string()))
+        }
+        Filter::ValuePath { .. } => Err(ScimError::invalid_filter("value filters cannot be nested")),
+    }
 }

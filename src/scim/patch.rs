@@ -189,10 +189,10 @@ fn apply_op(kind: Kind, doc: &mut Map<String, Value>, op: &PatchOp, strict: bool
         // Entra sends mapped custom extension attributes in the same PATCH as `active`, and refusing the
         // whole request would lose the deactivation with it.
         Err(e) if !strict => {
-            tracing::debug!(path = op.raw_path.as_deref().unwrap_or_default(), reason = %e.detail, "PATCH operation on an unknown attribute ignored");
+            tracing::debug!(path = op.raw_path.as_deref().unwrap_or_default(), reason = %e, "PATCH operation on an unknown attribute ignored");
             return Ok(());
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     if matches!(r.attr.mutability, Mutability::ReadOnly) || r.sub.is_some_and(|s| s.mutability == Mutability::ReadOnly)
     {
@@ -240,7 +240,7 @@ fn apply_pathless(
         let (schema_urn, name, sub) = schema::split_key(key);
         let r = match schema::resolve(kind, schema_urn, name, sub) {
             Ok(r) => r,
-            Err(e) if strict => return Err(e),
+            Err(e) if strict => return Err(e.into()),
             Err(_) => continue,
         };
         if r.attr.mutability == Mutability::ReadOnly {

@@ -261,17 +261,35 @@ pub struct Resolved {
     pub sub: Option<&'static Attr>,
 }
 
+/// A path that names nothing in the resource schemas.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    #[error("unknown schema {name:?} for {kind} resources")]
+    UnknownSchema { name: String, kind: &'static str },
+    #[error("unknown attribute {name:?} for {kind} resources")]
+    UnknownAttribute { name: String, kind: &'static str },
+    #[error("unknown sub-attribute {name:?} of {parent:?}")]
+    UnknownSubAttribute { name: String, parent: &'static str },
+}
+
+impl From<SchemaError> for ScimError {
+    fn from(e: SchemaError) -> Self {
+        ScimError::invalid_path(e.to_string())
+    }
+}
+
 /// Resolves `[schema:]attr[.sub]` case-insensitively for a resource kind. `id`, `externalId` and `meta` are
 /// common attributes (RFC 7643 §3.1) and resolve for both kinds.
-pub fn resolve(kind: Kind, schema: Option<&str>, attr_name: &str, sub: Option<&str>) -> Result<Resolved, ScimError> {
+///
+/// # Errors
+/// The schema, attribute or sub-attribute is unknown.
+pub fn resolve(kind: Kind, schema: Option<&str>, attr_name: &str, sub: Option<&str>) -> Result<Resolved, SchemaError> {
     let (extension, attrs): (Option<&'static str>, &'static [Attr]) = match schema {
         None => (None, kind.core_attrs()),
         Some(s) if s.eq_ignore_ascii_case(kind.core_schema()) => (None, kind.core_attrs()),
         Some(s) => match kind.extensions().iter().find(|(urn, _)| urn.eq_ignore_ascii_case(s)) {
             Some((urn, attrs)) => (Some(*urn), *attrs),
-            None => {
-                return Err(ScimError::invalid_path(format!("unknown schema {s:?} for {} resources", kind.as_str())));
-            }
+            None => return Err(SchemaError::UnknownSchema { name: s.to_owned(), kind: kind.as_str() }),
         },
     };
     let common = [&ID, &EXTERNAL_ID, &META];
@@ -279,14 +297,12 @@ pub fn resolve(kind: Kind, schema: Option<&str>, attr_name: &str, sub: Option<&s
         .or_else(|| {
             if extension.is_none() { common.into_iter().find(|a| a.name.eq_ignore_ascii_case(attr_name)) } else { None }
         })
-        .ok_or_else(|| {
-            ScimError::invalid_path(format!("unknown attribute {attr_name:?} for {} resources", kind.as_str()))
-        })?;
+        .ok_or_else(|| SchemaError::UnknownAttribute { name: attr_name.to_owned(), kind: kind.as_str() })?;
     let sub = match sub {
         None => None,
         Some(name) => Some(
             find(attr.sub, name)
-                .ok_or_else(|| ScimError::invalid_path(format!("unknown sub-attribute {name:?} of {:?}", attr.name)))?,
+                .ok_or_else(|| SchemaError::UnknownSubAttribute { name: name.to_owned(), parent: attr.name })?,
         ),
     };
     Ok(Resolved { extension, attr, sub })
@@ -454,7 +470,7 @@ pub fn normalize_resource(kind: Kind, body: &Value, strict: bool) -> Result<Valu
             Err(_) if is_urn(key) && !strict => {
                 // Unknown extension schemas are ignored: Entra sends custom ones for mapped extra attributes.
             }
-            Err(e) if strict => return Err(e),
+            Err(e) if strict => return Err(e.into()),
             Err(_) => {}
         }
     }

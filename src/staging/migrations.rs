@@ -117,6 +117,12 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE links ADD COLUMN origin TEXT NOT NULL DEFAULT 'linked' CHECK (origin IN ('created', 'linked'));
     CREATE INDEX links_key ON links(target, downstream_key);
     "#,
+    // 4: link owners are looked up by (target, kind, key): a user and a group may have the same numeric key
+    // in two different tables of one target.
+    r#"
+    DROP INDEX links_key;
+    CREATE INDEX links_owner ON links(target, kind, downstream_key);
+    "#,
 ];
 
 /// Brings the database to the latest schema version.
@@ -164,7 +170,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 3);
+        assert_eq!(latest_version(), 4);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

@@ -1,10 +1,12 @@
 //! Staging: the durable SQLite store between the SCIM endpoint and replay. It holds the desired state of
-//! every resource and the journal (outbox) of acknowledged changes. One writer thread owns the write
-//! connection and commits concurrent requests together (group commit); readers use a small pool.
+//! every resource, the journal (outbox) of acknowledged changes and replay's own state (cursors, links,
+//! failures, audit). One writer thread owns the write connection and commits concurrent requests together
+//! (group commit); readers use a small pool. Below it is only the protocol model, `crate::scim`.
 
+pub mod journal;
 mod migrations;
 mod read;
-pub mod replay_store;
+pub mod replay_state;
 mod tenants;
 mod writer;
 
@@ -19,17 +21,10 @@ use crate::scim::error::ScimError;
 use crate::scim::patch::PatchOp;
 use crate::scim::schema::Kind;
 
+pub use journal::{ChangeSeq, ResourceId, ResourceRef, TenantId};
 pub use migrations::MigrationError;
 pub use read::{Lookup, Page};
 pub use tenants::{Tenant, generate_token, hash_token, list_tenants, rotate_token, tenant_names, validate_tenant_name};
-
-/// A tenant: one IdP connection with its own token and its own resources.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TenantId(pub i64);
-
-/// The sequence number of a journal entry; replay applies entries of one resource in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ChangeSeq(pub i64);
 
 /// A resource as staged.
 #[derive(Debug, Clone)]
@@ -62,6 +57,26 @@ pub enum Change {
     Delete { kind: Kind, id: String, if_match: Option<String> },
 }
 
+impl Change {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Change::Create { kind, .. }
+            | Change::Replace { kind, .. }
+            | Change::Patch { kind, .. }
+            | Change::Delete { kind, .. } => *kind,
+        }
+    }
+
+    pub fn op(&self) -> journal::Op {
+        match self {
+            Change::Create { .. } => journal::Op::Create,
+            Change::Replace { .. } => journal::Op::Replace,
+            Change::Patch { .. } => journal::Op::Patch,
+            Change::Delete { .. } => journal::Op::Delete,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Committed {
     pub seq: ChangeSeq,
@@ -82,12 +97,20 @@ pub enum StagingError {
     Open { path: PathBuf, source: rusqlite::Error },
     #[error("cannot create the staging directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
+    /// The batch could not be committed; nothing of it was stored (the rusqlite error went to the log).
     #[error("staging commit failed: {0}")]
     Commit(String),
+    /// A row that only this program writes cannot be read back: the file was damaged or edited by hand.
+    #[error("the staging database holds a corrupt row: {0}")]
+    Corrupt(String),
     #[error("the staging writer has stopped")]
     Closed,
+    /// A thread or task of staging could not be started or died (a bug, or the system is out of resources).
     #[error("staging worker failed: {0}")]
-    Join(String),
+    Worker(String),
+    /// A lock was poisoned by a panic in another thread.
+    #[error("a staging lock was poisoned by an earlier panic")]
+    Poisoned,
 }
 
 pub(crate) struct WriteRequest {
@@ -170,7 +193,7 @@ impl Staging {
         let handle = std::thread::Builder::new()
             .name("staging-writer".into())
             .spawn(move || writer::run(conn, rx, max_batch, commits_tx))
-            .map_err(|e| StagingError::Join(e.to_string()))?;
+            .map_err(|e| StagingError::Worker(e.to_string()))?;
         Ok(Staging {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -216,7 +239,7 @@ impl Staging {
     {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().map_err(|_| StagingError::Join("reader pool poisoned".into()))?.pop();
+            let pooled = inner.readers.lock().map_err(|_| StagingError::Poisoned)?.pop();
             let conn = match pooled {
                 Some(c) => c,
                 None => {
@@ -234,7 +257,7 @@ impl Staging {
             out
         })
         .await
-        .map_err(|e| StagingError::Join(e.to_string()))?
+        .map_err(|e| StagingError::Worker(e.to_string()))?
     }
 
     /// Stops the writer after it has committed everything queued before this call; later writes fail

@@ -33,8 +33,13 @@ pub(crate) fn parse_body(body: &str) -> Result<Map<String, Value>, StagingError>
     match serde_json::from_str(body) {
         Ok(Value::Object(m)) => Ok(m),
         // Only this program writes the column, so this means the file was damaged or edited by hand.
-        _ => Err(StagingError::Commit("a staged resource body is not a JSON object".into())),
+        _ => Err(StagingError::Corrupt("a staged resource body is not a JSON object".into())),
     }
+}
+
+/// A `kind` column: the schema's CHECK allows only these two, so anything else is damage, never a user.
+pub(crate) fn parse_kind(kind: &str) -> Result<Kind, StagingError> {
+    Kind::parse(kind).ok_or_else(|| StagingError::Corrupt(format!("a staged row has the kind {kind:?}")))
 }
 
 fn resolved_name(kind: Kind, p: &AttrPath) -> Option<(&'static str, Option<&'static str>)> {
@@ -134,11 +139,12 @@ fn members_of(conn: &Connection, group_seq: i64) -> Result<Vec<Member>, StagingE
         "SELECT r.id, r.kind, r.display FROM group_members m JOIN resources r ON r.seq = m.member_seq
          WHERE m.group_seq = ?1 ORDER BY m.member_seq",
     )?;
-    let rows = stmt.query_map([group_seq], |r| {
-        let kind: String = r.get(1)?;
-        Ok(Member { id: r.get(0)?, kind: Kind::parse(&kind).unwrap_or(Kind::User), display: r.get(2)? })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let rows = stmt.query_map([group_seq], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?)))?;
+    rows.map(|row| {
+        let (id, kind, display) = row?;
+        Ok(Member { id, kind: parse_kind(&kind)?, display })
+    })
+    .collect()
 }
 
 /// The document a filter is evaluated against: the stored body plus id, meta and (when loaded) members.

@@ -58,7 +58,7 @@ pub fn rotate_token(path: &Path, name: &str) -> Result<(Tenant, String), Staging
     }
     let mut conn = open_connection(path)?;
     migrations::migrate(&mut conn)?;
-    let token = generate_token().map_err(|e| StagingError::Join(format!("no randomness available: {e}")))?;
+    let token = generate_token().map_err(|e| StagingError::Worker(format!("no randomness available: {e}")))?;
     let hash = hash_token(&token);
     let tx = conn.transaction()?;
     let now = now();

@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
+use super::journal::Op;
 use super::{Change, ChangeSeq, Committed, Member, StagingError, Stored, TenantId, WriteRequest, WriterMsg};
 use crate::scim::error::ScimError;
 use crate::scim::schema::Kind;
@@ -238,7 +239,7 @@ fn resolve_members(
         if Some(seq) == group_seq {
             return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
         }
-        let kind = Kind::parse(&kind).unwrap_or(Kind::User);
+        let kind = super::read::parse_kind(&kind)?;
         out.push((seq, Member { id: id.to_owned(), kind, display }));
     }
     Ok(out)
@@ -271,7 +272,7 @@ fn journal(
     req: &WriteRequest,
     kind: Kind,
     id: &str,
-    op: &str,
+    op: Op,
     state: &Map<String, Value>,
     added: &[String],
     removed: &[String],
@@ -287,7 +288,7 @@ fn journal(
         req.tenant.0,
         kind.as_str(),
         id,
-        op,
+        op.as_str(),
         req.request_id,
         Value::Object(state.clone()).to_string(),
         list(added),
@@ -305,7 +306,7 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
         Change::Replace { kind, id, doc, if_match } => {
             let cur = load(conn, tenant, *kind, id)?;
             check_if_match(if_match, cur.version)?;
-            update(conn, req, *kind, id, cur, doc.clone(), "replace", Members::FromDoc)
+            update(conn, req, *kind, id, cur, doc.clone(), Op::Replace, Members::FromDoc)
         }
         Change::Patch { kind, id, ops, if_match } => {
             let cur = load(conn, tenant, *kind, id)?;
@@ -316,7 +317,7 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
             {
                 patch::apply(*kind, &mut doc, &rest, req.strict)?;
                 scim::validate(*kind, &doc)?;
-                return update(conn, req, *kind, id, cur, doc, "patch", Members::Edits(edits));
+                return update(conn, req, *kind, id, cur, doc, Op::Patch, Members::Edits(edits));
             }
             if *kind == Kind::Group {
                 let members: Vec<Value> =
@@ -327,7 +328,7 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
             }
             patch::apply(*kind, &mut doc, ops, req.strict)?;
             scim::validate(*kind, &doc)?;
-            update(conn, req, *kind, id, cur, doc, "patch", Members::FromDoc)
+            update(conn, req, *kind, id, cur, doc, Op::Patch, Members::FromDoc)
         }
         Change::Delete { kind, id, if_match } => {
             let cur = load(conn, tenant, *kind, id)?;
@@ -352,7 +353,7 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
                     req,
                     Kind::Group,
                     &gid,
-                    "patch",
+                    Op::Patch,
                     &gdoc,
                     &[],
                     std::slice::from_ref(id),
@@ -360,7 +361,7 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
                     &at,
                 )?;
             }
-            let seq = journal(conn, req, *kind, id, "delete", &cur.doc, &[], &[], cur.version + 1, &at)?;
+            let seq = journal(conn, req, *kind, id, Op::Delete, &cur.doc, &[], &[], cur.version + 1, &at)?;
             Ok(Committed { seq, resource: None })
         }
     }
@@ -401,7 +402,7 @@ fn create(
         ins.execute([seq, *mseq])?;
     }
     let added: Vec<String> = members.iter().map(|(_, m)| m.id.clone()).collect();
-    let change = journal(conn, req, kind, &id, "create", &doc, &added, &[], 1, &at)?;
+    let change = journal(conn, req, kind, &id, Op::Create, &doc, &added, &[], 1, &at)?;
     let members = (kind == Kind::Group).then(|| members.into_iter().map(|(_, m)| m).collect());
     Ok(Committed {
         seq: change,
@@ -469,7 +470,7 @@ fn update(
     id: &str,
     cur: Current,
     mut doc: Map<String, Value>,
-    op: &str,
+    op: Op,
     members: Members,
 ) -> Result<Committed, StagingError> {
     let tenant = req.tenant;
@@ -548,6 +549,6 @@ mod tests {
         assert!(check_if_match(&Some("*".into()), 3).is_ok());
         assert!(check_if_match(&Some("W/\"1\", W/\"3\"".into()), 3).is_ok());
         let e = check_if_match(&Some("W/\"2\"".into()), 3).unwrap_err();
-        assert_eq!(e.status, axum::http::StatusCode::PRECONDITION_FAILED);
+        assert_eq!(e.status, crate::scim::error::Status::PreconditionFailed);
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, Response};
-use scim_bridge::scim::ScimSettings;
+use scim_bridge::http::ScimSettings;
 use scim_bridge::staging::{self, Staging};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -42,7 +42,7 @@ impl TestServer {
         let addr = listener.local_addr().expect("addr");
         let base = format!("http://{addr}{}", settings.base_path.trim_end_matches('/'));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(scim_bridge::serve(listener, staging, settings, Duration::from_secs(5), async {
+        let task = tokio::spawn(scim_bridge::http::serve(listener, staging, settings, Duration::from_secs(5), async {
             let _ = stopped.await;
         }));
         let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");

@@ -2,9 +2,13 @@
 //! documentation; `config.toml.example` shows a complete legacy-CRM example.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
+
+use crate::targets::DeletePolicy;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,14 +42,6 @@ fn default_connections() -> u32 {
 }
 fn default_timeout() -> u64 {
     10
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum DeletePolicy {
-    #[default]
-    Block,
-    Delete,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -91,16 +87,32 @@ pub struct FlagSpec {
 
 /// `groups = "ignore"` (the default: group entries are acknowledged without action, members are still
 /// provisioned as users), or a table of groups with a membership join table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Default)]
 pub enum GroupsConfig {
-    Mode(String),
+    #[default]
+    Ignore,
     Table(GroupsTable),
 }
 
-impl Default for GroupsConfig {
-    fn default() -> Self {
-        GroupsConfig::Mode("ignore".into())
+impl<'de> Deserialize<'de> for GroupsConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Either;
+        impl<'de> Visitor<'de> for Either {
+            type Value = GroupsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"ignore\" or a table naming the groups table and its membership table")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<GroupsConfig, E> {
+                match s {
+                    "ignore" => Ok(GroupsConfig::Ignore),
+                    other => Err(E::invalid_value(Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<GroupsConfig, A::Error> {
+                GroupsTable::deserialize(de::value::MapAccessDeserializer::new(map)).map(GroupsConfig::Table)
+            }
+        }
+        d.deserialize_any(Either)
     }
 }
 

@@ -7,24 +7,60 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
-use serde_json::Value;
 
-use super::{StagingError, TenantId, open_connection, read::parse_body};
+use super::journal::{Applied, ChangeSeq, Entry, Link, Links, Op, Outcome, ResourceId, ResourceRef, TenantId};
+use super::read::{parse_body, parse_kind};
+use super::{StagingError, open_connection};
 use crate::scim::schema::Kind;
-use crate::target::{Applied, Entry, Link, Links, Op};
+
+/// Where a failed entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureState {
+    /// Failed; another attempt is due at `next_attempt_ms`.
+    Retry,
+    /// Failed `max_attempts` times: parked until an operator retries it.
+    Dead,
+    /// Not attempted: an earlier entry of the same resource failed, and order must be kept.
+    Waiting,
+}
+
+impl FailureState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureState::Retry => "retry",
+            FailureState::Dead => "dead",
+            FailureState::Waiting => "waiting",
+        }
+    }
+
+    fn parse(s: &str) -> Result<FailureState, StagingError> {
+        match s {
+            "retry" => Ok(FailureState::Retry),
+            "dead" => Ok(FailureState::Dead),
+            "waiting" => Ok(FailureState::Waiting),
+            other => Err(StagingError::Corrupt(format!("a replay failure has the state {other:?}"))),
+        }
+    }
+}
 
 /// A failed entry as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     pub target: String,
-    pub seq: i64,
+    pub seq: ChangeSeq,
     pub tenant: TenantId,
-    pub resource_id: String,
-    pub state: String,
+    pub resource_id: ResourceId,
+    pub state: FailureState,
     pub attempts: i64,
     pub next_attempt_ms: i64,
     pub last_error: String,
     pub updated: String,
+}
+
+impl Failure {
+    pub fn resource(&self) -> ResourceRef {
+        ResourceRef { tenant: self.tenant, id: self.resource_id.clone() }
+    }
 }
 
 /// Everything one replay step writes, committed together.
@@ -32,48 +68,54 @@ pub struct Failure {
 pub struct Record {
     pub target: String,
     /// New journal position, when the step read new entries.
-    pub cursor: Option<i64>,
+    pub cursor: Option<ChangeSeq>,
     pub applied: Vec<(Entry, Applied)>,
     /// Failure rows to insert or replace.
     pub failures: Vec<Failure>,
     /// Failure rows resolved (their entries were applied).
-    pub resolved: Vec<i64>,
+    pub resolved: Vec<ChangeSeq>,
     /// Failed attempts, for the audit trail.
     pub errors: Vec<(Entry, String)>,
+}
+
+impl Record {
+    pub fn new(target: &str) -> Record {
+        Record { target: target.to_owned(), ..Default::default() }
+    }
 }
 
 #[derive(Clone)]
 pub struct ReplayStore {
     conn: Arc<Mutex<Connection>>,
     /// A connection of its own for link-owner lookups made while a target applies a change.
-    claims: Arc<Mutex<Connection>>,
+    owners: Arc<Mutex<Connection>>,
 }
 
-/// Link owners of one target, read from staging (see `crate::target::Claims`). The lookup is a single
-/// indexed read on its own connection, short enough to run inline on the replay task.
-pub struct StoreClaims {
+/// Who owns the links of one target: a single indexed read on a connection of its own, short enough to
+/// run inline while a target applies a change.
+#[derive(Clone)]
+pub struct LinkOwners {
     conn: Arc<Mutex<Connection>>,
     target: String,
 }
 
-impl crate::target::Claims for StoreClaims {
-    fn owner(&self, key: &str) -> Option<(TenantId, String)> {
-        let conn = self.conn.lock().ok()?;
+impl LinkOwners {
+    /// The resource linked to downstream `key` of this kind in this target, if any. Users and groups live
+    /// in different tables (or subtrees), so the same key of the other kind is someone else's row.
+    ///
+    /// # Errors
+    /// The staging database cannot be read.
+    pub fn owner(&self, kind: Kind, key: &str) -> Result<Option<ResourceRef>, StagingError> {
+        let conn = self.conn.lock().map_err(|_| StagingError::Poisoned)?;
         let found = conn
             .prepare_cached(
-                "SELECT tenant_id, resource_id FROM links WHERE target = ?1 AND downstream_key = ?2 LIMIT 1",
-            )
-            .and_then(|mut s| {
-                s.query_row(params![self.target, key], |r| Ok((TenantId(r.get(0)?), r.get(1)?))).optional()
-            });
-        match found {
-            Ok(v) => v,
-            Err(e) => {
-                // Unknown is treated as unclaimed only after saying so: the match itself stays email-exact.
-                tracing::error!(target = %self.target, error = %e, "cannot read link owners from staging");
-                None
-            }
-        }
+                "SELECT tenant_id, resource_id FROM links WHERE target = ?1 AND kind = ?2 AND downstream_key = ?3 LIMIT 1",
+            )?
+            .query_row(params![self.target, kind.as_str(), key], |r| {
+                Ok(ResourceRef { tenant: TenantId(r.get(0)?), id: ResourceId(r.get(1)?) })
+            })
+            .optional()?;
+        Ok(found)
     }
 }
 
@@ -81,32 +123,36 @@ fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
+type RawEntry = (i64, i64, String, String, String, String, Option<String>, Option<String>, Option<String>, String);
+
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
     Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
 }
 
-type RawEntry = (i64, i64, String, String, String, String, Option<String>, Option<String>, Option<String>, String);
-
 fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
     let (seq, tenant, kind, resource_id, op, request_id, state, added, removed, at) = raw;
-    let ids = |v: Option<String>| -> Vec<String> {
-        v.and_then(|s| serde_json::from_str::<Vec<String>>(&s).ok()).unwrap_or_default()
+    let ids = |column: &str, v: Option<String>| -> Result<Vec<ResourceId>, StagingError> {
+        match v {
+            None => Ok(Vec::new()),
+            Some(s) => serde_json::from_str::<Vec<String>>(&s)
+                .map(|ids| ids.into_iter().map(ResourceId).collect())
+                .map_err(|e| StagingError::Corrupt(format!("journal entry {seq}: {column} is not a list of ids: {e}"))),
+        }
     };
     Ok(Entry {
-        seq,
+        seq: ChangeSeq(seq),
         tenant: TenantId(tenant),
-        kind: Kind::parse(&kind)
-            .ok_or_else(|| StagingError::Commit(format!("journal entry {seq} has kind {kind:?}")))?,
-        resource_id,
-        op: Op::parse(&op).ok_or_else(|| StagingError::Commit(format!("journal entry {seq} has op {op:?}")))?,
+        kind: parse_kind(&kind)?,
+        resource_id: ResourceId(resource_id),
+        op: Op::parse(&op).ok_or_else(|| StagingError::Corrupt(format!("journal entry {seq} has the op {op:?}")))?,
         request_id,
         at,
         state: match state {
             Some(s) => parse_body(&s)?,
             None => serde_json::Map::new(),
         },
-        members_added: ids(added),
-        members_removed: ids(removed),
+        members_added: ids("members_added", added)?,
+        members_removed: ids("members_removed", removed)?,
     })
 }
 
@@ -118,58 +164,69 @@ impl ReplayStore {
     pub fn open(path: &Path) -> Result<ReplayStore, StagingError> {
         let mut conn = open_connection(path)?;
         super::migrations::migrate(&mut conn)?;
-        let claims = open_connection(path)?;
-        Ok(ReplayStore { conn: Arc::new(Mutex::new(conn)), claims: Arc::new(Mutex::new(claims)) })
+        let owners = open_connection(path)?;
+        Ok(ReplayStore { conn: Arc::new(Mutex::new(conn)), owners: Arc::new(Mutex::new(owners)) })
     }
 
-    /// Link owners of a target, for `Target::apply_batch`.
-    pub fn claims(&self, target: &str) -> StoreClaims {
-        StoreClaims { conn: self.claims.clone(), target: target.to_owned() }
+    /// Link owners of a target, for the already-linked check of the targets.
+    pub fn link_owners(&self, target: &str) -> LinkOwners {
+        LinkOwners { conn: self.owners.clone(), target: target.to_owned() }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StagingError>) -> Result<T, StagingError> {
-        let mut guard = self.conn.lock().map_err(|_| StagingError::Join("replay store lock poisoned".into()))?;
+        let mut guard = self.conn.lock().map_err(|_| StagingError::Poisoned)?;
         f(&mut guard)
     }
 
     /// Runs store work on the blocking pool.
+    ///
+    /// # Errors
+    /// What `f` returns, or `Worker` when the blocking task could not run.
     pub async fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&ReplayStore) -> Result<T, StagingError> + Send + 'static,
     ) -> Result<T, StagingError> {
         let me = self.clone();
-        tokio::task::spawn_blocking(move || f(&me)).await.map_err(|e| StagingError::Join(e.to_string()))?
+        tokio::task::spawn_blocking(move || f(&me)).await.map_err(|e| StagingError::Worker(e.to_string()))?
     }
 
-    pub fn cursor(&self, target: &str) -> Result<i64, StagingError> {
+    /// How far a target has read the journal.
+    pub fn cursor(&self, target: &str) -> Result<ChangeSeq, StagingError> {
         self.with(|c| {
-            Ok(c.query_row("SELECT last_seq FROM replay_cursor WHERE target = ?1", [target], |r| r.get(0))
-                .optional()?
-                .unwrap_or(0))
+            Ok(ChangeSeq(
+                c.query_row("SELECT last_seq FROM replay_cursor WHERE target = ?1", [target], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0),
+            ))
         })
     }
 
     /// The newest journal sequence.
-    pub fn head(&self) -> Result<i64, StagingError> {
-        self.with(|c| Ok(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0))?))
+    pub fn head(&self) -> Result<ChangeSeq, StagingError> {
+        self.with(|c| Ok(ChangeSeq(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0))?)))
     }
 
     /// Journal entries after `after` of the named tenants, oldest first, and the journal position this read
     /// covers: the last entry returned when the limit was reached, else the journal head (entries of other
     /// tenants up to it need nothing from this target).
-    pub fn fetch(&self, tenants: &[String], after: i64, limit: usize) -> Result<(Vec<Entry>, i64), StagingError> {
+    pub fn fetch(
+        &self,
+        tenants: &[String],
+        after: ChangeSeq,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, ChangeSeq), StagingError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let head: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0))?;
             if tenants.is_empty() {
-                return Ok((Vec::new(), head));
+                return Ok((Vec::new(), ChangeSeq(head)));
             }
             let marks = vec!["?"; tenants.len()].join(", ");
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM journal j JOIN tenants t ON t.id = j.tenant_id
                  WHERE j.seq > ? AND j.seq <= ? AND t.name IN ({marks}) ORDER BY j.seq LIMIT ?"
             );
-            let mut values: Vec<rusqlite::types::Value> = vec![after.into(), head.into()];
+            let mut values: Vec<rusqlite::types::Value> = vec![after.0.into(), head.into()];
             values.extend(tenants.iter().map(|t| rusqlite::types::Value::Text(t.clone())));
             values.push((limit as i64).into());
             let raw = {
@@ -177,37 +234,41 @@ impl ReplayStore {
                 stmt.query_map(params_from_iter(values), entry_from_row)?.collect::<Result<Vec<_>, _>>()?
             };
             let entries = raw.into_iter().map(to_entry).collect::<Result<Vec<_>, _>>()?;
-            let upto = if entries.len() >= limit { entries.last().map_or(head, |e| e.seq) } else { head };
-            Ok((entries, upto))
+            let upto = if entries.len() >= limit { entries.last().map_or(head, |e| e.seq.0) } else { head };
+            Ok((entries, ChangeSeq(upto)))
         })
     }
 
-    pub fn entry(&self, seq: i64) -> Result<Option<Entry>, StagingError> {
+    pub fn entry(&self, seq: ChangeSeq) -> Result<Option<Entry>, StagingError> {
         self.with(|c| {
             let raw = c
                 .prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM journal j WHERE j.seq = ?1"))?
-                .query_row([seq], entry_from_row)
+                .query_row([seq.0], entry_from_row)
                 .optional()?;
             raw.map(to_entry).transpose()
         })
     }
 
     /// Known links of a target for these resources.
-    pub fn links(&self, target: &str, ids: &HashSet<(TenantId, String)>) -> Result<Links, StagingError> {
+    pub fn links(&self, target: &str, resources: &HashSet<ResourceRef>) -> Result<Links, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT downstream_key, origin, kind FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3",
             )?;
             let mut out = Links::new();
-            for (tenant, id) in ids {
+            for r in resources {
                 let row = stmt
-                    .query_row(params![target, tenant.0, id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                    .query_row(params![target, r.tenant.0, r.id.as_str()], |row| {
+                        Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, String>(2)?))
                     })
                     .optional()?;
                 if let Some((key, origin, kind)) = row {
-                    let kind = Kind::parse(&kind).unwrap_or(Kind::User);
-                    out.insert((*tenant, id.clone()), Link { key, created: origin == "created", kind });
+                    let created = match origin.as_str() {
+                        "created" => true,
+                        "linked" => false,
+                        other => return Err(StagingError::Corrupt(format!("a link has the origin {other:?}"))),
+                    };
+                    out.insert(r.clone(), Link { key, created, kind: parse_kind(&kind)? });
                 }
             }
             Ok(out)
@@ -215,11 +276,12 @@ impl ReplayStore {
     }
 
     /// Resources of a target that have a failed entry (their later entries must wait).
-    pub fn blocked(&self, target: &str) -> Result<HashSet<(TenantId, String)>, StagingError> {
+    pub fn blocked(&self, target: &str) -> Result<HashSet<ResourceRef>, StagingError> {
         self.with(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT DISTINCT tenant_id, resource_id FROM replay_failures WHERE target = ?1")?;
-            let rows = stmt.query_map([target], |r| Ok((TenantId(r.get(0)?), r.get(1)?)))?;
+            let rows = stmt
+                .query_map([target], |r| Ok(ResourceRef { tenant: TenantId(r.get(0)?), id: ResourceId(r.get(1)?) }))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -247,10 +309,10 @@ impl ReplayStore {
     }
 
     /// The entries waiting behind a resource's failure, in order.
-    pub fn waiting(&self, target: &str, tenant: TenantId, resource_id: &str) -> Result<Vec<Failure>, StagingError> {
+    pub fn waiting(&self, target: &str, resource: &ResourceRef) -> Result<Vec<Failure>, StagingError> {
         self.failures(
             "WHERE f.target = ?1 AND f.tenant_id = ?2 AND f.resource_id = ?3 AND f.state = 'waiting' ORDER BY f.seq",
-            params![target, tenant.0, resource_id],
+            params![target, resource.tenant.0, resource.id.as_str()],
         )
     }
 
@@ -270,29 +332,43 @@ impl ReplayStore {
             );
             let mut stmt = c.prepare_cached(&sql)?;
             let rows = stmt.query_map(p, |r| {
-                Ok(Failure {
-                    target: r.get(0)?,
-                    seq: r.get(1)?,
-                    tenant: TenantId(r.get(2)?),
-                    resource_id: r.get(3)?,
-                    state: r.get(4)?,
-                    attempts: r.get(5)?,
-                    next_attempt_ms: r.get(6)?,
-                    last_error: r.get(7)?,
-                    updated: r.get(8)?,
-                })
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, i64>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?,
+                    r.get::<_, String>(8)?,
+                ))
             })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            rows.map(|row| {
+                let (target, seq, tenant, resource_id, state, attempts, next_attempt_ms, last_error, updated) = row?;
+                Ok(Failure {
+                    target,
+                    seq: ChangeSeq(seq),
+                    tenant: TenantId(tenant),
+                    resource_id: ResourceId(resource_id),
+                    state: FailureState::parse(&state)?,
+                    attempts,
+                    next_attempt_ms,
+                    last_error,
+                    updated,
+                })
+            })
+            .collect()
         })
     }
 
     /// Makes dead letters (all of a target's, or one) due for a new round of attempts. Returns how many.
-    pub fn retry(&self, target: Option<&str>, seq: Option<i64>, now_ms: i64) -> Result<usize, StagingError> {
+    pub fn retry(&self, target: Option<&str>, seq: Option<ChangeSeq>, now_ms: i64) -> Result<usize, StagingError> {
         self.with(|c| {
             let n = c.execute(
                 "UPDATE replay_failures SET state = 'retry', attempts = 0, next_attempt = ?3, updated = ?4
                  WHERE state = 'dead' AND (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR seq = ?2)",
-                params![target, seq, now_ms, now()],
+                params![target, seq.map(|s| s.0), now_ms, now()],
             )?;
             Ok(n)
         })
@@ -315,21 +391,22 @@ impl ReplayStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for (e, a) in &r.applied {
+                    let id = e.resource_id.as_str();
                     match &a.key {
                         Some(k) => {
-                            let origin = if a.outcome == "created" { "created" } else { "linked" };
-                            link.execute(params![r.target, e.tenant.0, e.resource_id, e.kind.as_str(), k, at, origin])?
+                            let origin = if a.outcome == Outcome::Created { "created" } else { "linked" };
+                            link.execute(params![r.target, e.tenant.0, id, e.kind.as_str(), k, at, origin])?
                         }
-                        None => unlink.execute(params![r.target, e.tenant.0, e.resource_id])?,
+                        None => unlink.execute(params![r.target, e.tenant.0, id])?,
                     };
-                    audit.execute(params![at, r.target, e.tenant.0, e.seq, e.request_id, e.kind.as_str(), e.resource_id, e.op.as_str(), a.key, a.outcome, a.detail])?;
+                    audit.execute(params![at, r.target, e.tenant.0, e.seq.0, e.request_id, e.kind.as_str(), id, e.op.as_str(), a.key, a.outcome.as_str(), a.detail])?;
                 }
                 for (e, err) in &r.errors {
-                    audit.execute(params![at, r.target, e.tenant.0, e.seq, e.request_id, e.kind.as_str(), e.resource_id, e.op.as_str(), Value::Null.as_str(), "error", err])?;
+                    audit.execute(params![at, r.target, e.tenant.0, e.seq.0, e.request_id, e.kind.as_str(), e.resource_id.as_str(), e.op.as_str(), Option::<String>::None, "error", err])?;
                 }
                 let mut resolve = tx.prepare_cached("DELETE FROM replay_failures WHERE target = ?1 AND seq = ?2")?;
                 for seq in &r.resolved {
-                    resolve.execute(params![r.target, seq])?;
+                    resolve.execute(params![r.target, seq.0])?;
                 }
                 let mut fail = tx.prepare_cached(
                     "INSERT OR REPLACE INTO replay_failures (target, seq, tenant_id, resource_id, state, attempts, next_attempt, last_error, updated)
@@ -342,14 +419,14 @@ impl ReplayStore {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?;
                 for f in &r.failures {
-                    let stmt = if f.state == "waiting" { &mut wait } else { &mut fail };
-                    stmt.execute(params![f.target, f.seq, f.tenant.0, f.resource_id, f.state, f.attempts, f.next_attempt_ms, f.last_error, at])?;
+                    let stmt = if f.state == FailureState::Waiting { &mut wait } else { &mut fail };
+                    stmt.execute(params![f.target, f.seq.0, f.tenant.0, f.resource_id.as_str(), f.state.as_str(), f.attempts, f.next_attempt_ms, f.last_error, at])?;
                 }
                 if let Some(cursor) = r.cursor {
                     tx.execute(
                         "INSERT INTO replay_cursor (target, last_seq) VALUES (?1, ?2)
                          ON CONFLICT (target) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)",
-                        params![r.target, cursor],
+                        params![r.target, cursor.0],
                     )?;
                 }
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sqlx::{AssertSqlSafe, Row as _};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::target::TargetError;
+use crate::targets::TargetError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -109,6 +109,37 @@ impl Dialect {
     }
 }
 
+/// Builds a statement's parameter list in textual order, with PostgreSQL casts to column types.
+pub struct Params<'a> {
+    dialect: Dialect,
+    types: Option<&'a std::collections::HashMap<String, String>>,
+    pub values: Vec<SqlValue>,
+    placeholders: Vec<String>,
+}
+
+impl<'a> Params<'a> {
+    pub fn new(dialect: Dialect, types: Option<&'a std::collections::HashMap<String, String>>) -> Self {
+        Params { dialect, types, values: Vec::new(), placeholders: Vec::new() }
+    }
+
+    /// Adds a value destined for `column` and returns its placeholder.
+    pub fn push(&mut self, column: Option<&str>, v: SqlValue) -> String {
+        self.values.push(v);
+        let cast = match (self.dialect, column) {
+            (Dialect::Postgres, Some(c)) => self.types.and_then(|t| t.get(c)).map(String::as_str),
+            _ => None,
+        };
+        let ph = self.dialect.param(self.values.len(), cast);
+        self.placeholders.push(ph.clone());
+        ph
+    }
+
+    /// Every placeholder handed out, in order (the VALUES list of an INSERT).
+    pub fn placeholders(&self) -> impl Iterator<Item = &str> {
+        self.placeholders.iter().map(String::as_str)
+    }
+}
+
 /// A connection pool (or, for SQLite, one connection) to the target database.
 #[derive(Clone)]
 pub enum Db {
@@ -161,7 +192,7 @@ impl Db {
                             rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
                         )
                     })
-                    .map_err(|e| TargetError::Transient(format!("cannot open {}: {e}", path.display())))?;
+                    .map_err(|e| TargetError::transient_from(format!("cannot open {}", path.display()), e))?;
                     c.busy_timeout(Duration::from_secs(5)).map_err(classify_sqlite)?;
                     *guard = Some(c);
                 }
@@ -283,7 +314,7 @@ impl Tx {
     fn any(&mut self) -> Result<&mut sqlx::Transaction<'static, sqlx::Any>, TargetError> {
         match self {
             Tx::Any(Some(t), _) => Ok(t),
-            _ => Err(TargetError::Transient("transaction already finished".into())),
+            _ => Err(TargetError::transient("transaction already finished")),
         }
     }
 
@@ -388,7 +419,7 @@ fn any_text(r: &sqlx::any::AnyRow, i: usize) -> Result<Option<String>, TargetErr
         return Ok(v.map(|n| n.to_string()));
     }
     r.try_get::<Option<bool>, _>(i).map(|v| v.map(|b| b.to_string())).map_err(|e| {
-        TargetError::Permanent(format!("result column {i} cannot be read as text; CAST it in the statement: {e}"))
+        TargetError::permanent_from(format!("result column {i} cannot be read as text; CAST it in the statement"), e)
     })
 }
 
@@ -398,7 +429,7 @@ fn classify_sqlx(e: sqlx::Error) -> TargetError {
     use sqlx::Error as E;
     match &e {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
-            TargetError::Transient(e.to_string())
+            TargetError::transient_from("the database cannot be reached", e)
         }
         E::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
@@ -419,9 +450,9 @@ fn classify_sqlx(e: sqlx::Error) -> TargetError {
                 || msg.contains("read-only") || msg.contains("read only") || msg.contains("doesn't exist")
                 || msg.contains("Unknown column") || msg.contains("command denied");
             let text = if code.is_empty() { msg } else { format!("{msg} (SQLSTATE {code})") };
-            if transient { TargetError::Transient(text) } else { TargetError::Permanent(text) }
+            if transient { TargetError::transient(text) } else { TargetError::permanent(text) }
         }
-        _ => TargetError::Permanent(e.to_string()),
+        _ => TargetError::permanent_from("the database refused the statement", e),
     }
 }
 
@@ -429,9 +460,9 @@ fn classify_sqlite(e: rusqlite::Error) -> TargetError {
     use rusqlite::ErrorCode as C;
     match e.sqlite_error_code() {
         Some(C::DatabaseBusy | C::DatabaseLocked | C::CannotOpen | C::SystemIoFailure | C::DiskFull) => {
-            TargetError::Transient(e.to_string())
+            TargetError::transient_from("the SQLite database is busy or unavailable", e)
         }
-        _ => TargetError::Permanent(e.to_string()),
+        _ => TargetError::permanent_from("SQLite refused the statement", e),
     }
 }
 

@@ -1,59 +1,10 @@
-//! Turning staged resources into SCIM JSON: schemas, meta (with the version as a weak ETag), member
-//! references, and the `attributes` / `excludedAttributes` projection (RFC 7644 §3.4.2.5).
+//! The `attributes` and `excludedAttributes` projection of RFC 7644 §3.4.2.5, applied to a rendered
+//! resource.
 
 use serde_json::{Map, Value, json};
 
 use super::error::ScimError;
 use super::schema::{self, Kind, Resolved, Returned};
-use crate::staging::Stored;
-
-pub fn etag(version: i64) -> String {
-    format!("W/\"{version}\"")
-}
-
-/// The full representation of a resource; `base` is the absolute base URL (no trailing slash).
-pub fn render(s: &Stored, base: &str) -> Map<String, Value> {
-    let mut out = Map::new();
-    let mut schemas = vec![json!(s.kind.core_schema())];
-    for (urn, _) in s.kind.extensions() {
-        if s.doc.contains_key(*urn) {
-            schemas.push(json!(urn));
-        }
-    }
-    out.insert("schemas".into(), Value::Array(schemas));
-    out.insert("id".into(), json!(s.id));
-    for (k, v) in &s.doc {
-        out.insert(k.clone(), v.clone());
-    }
-    if let Some(members) = &s.members {
-        let list: Vec<Value> = members
-            .iter()
-            .map(|m| {
-                let mut v = json!({
-                    "value": m.id,
-                    "$ref": format!("{base}/{}/{}", m.kind.endpoint(), m.id),
-                    "type": m.kind.as_str(),
-                });
-                if let Some(d) = &m.display {
-                    v["display"] = json!(d);
-                }
-                v
-            })
-            .collect();
-        out.insert("members".into(), Value::Array(list));
-    }
-    out.insert(
-        "meta".into(),
-        json!({
-            "resourceType": s.kind.as_str(),
-            "created": s.created,
-            "lastModified": s.last_modified,
-            "location": format!("{base}/{}/{}", s.kind.endpoint(), s.id),
-            "version": etag(s.version),
-        }),
-    );
-    out
-}
 
 /// The parsed `attributes` and `excludedAttributes` parameters.
 #[derive(Debug, Default, Clone)]
@@ -69,8 +20,7 @@ fn parse_list(kind: Kind, param: &str, list: Option<&str>) -> Result<Vec<Resolve
         .filter(|s| !s.is_empty())
         .map(|item| {
             let (schema_urn, name, sub) = schema::split_key(item);
-            schema::resolve(kind, schema_urn, name, sub)
-                .map_err(|e| ScimError::invalid_value(format!("{param}: {}", e.detail)))
+            schema::resolve(kind, schema_urn, name, sub).map_err(|e| ScimError::invalid_value(format!("{param}: {e}")))
         })
         .collect()
 }
@@ -177,44 +127,32 @@ fn remove(doc: &mut Map<String, Value>, r: &Resolved) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scim::schema::ENTERPRISE_SCHEMA;
+    use crate::scim::schema::{ENTERPRISE_SCHEMA, USER_SCHEMA};
 
-    fn stored() -> Stored {
-        Stored {
-            kind: Kind::User,
-            id: "u1".into(),
-            doc: json!({
-                "userName": "a@x.com",
-                "name": {"givenName": "A", "familyName": "B"},
-                "emails": [{"value": "a@x.com", "type": "work"}],
-                ENTERPRISE_SCHEMA: {"department": "Sales"},
-            })
-            .as_object()
-            .unwrap()
-            .clone(),
-            members: None,
-            version: 4,
-            created: "c".into(),
-            last_modified: "m".into(),
-        }
-    }
-
-    #[test]
-    fn renders_meta_and_schemas() {
-        let r = render(&stored(), "http://h/scim/v2");
-        assert_eq!(r["meta"]["version"], json!("W/\"4\""));
-        assert_eq!(r["meta"]["location"], json!("http://h/scim/v2/Users/u1"));
-        assert_eq!(r["schemas"], json!([schema::USER_SCHEMA, ENTERPRISE_SCHEMA]));
+    /// A rendered user, as `crate::http` produces it.
+    fn rendered() -> Map<String, Value> {
+        json!({
+            "schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA],
+            "id": "u1",
+            "userName": "a@x.com",
+            "name": {"givenName": "A", "familyName": "B"},
+            "emails": [{"value": "a@x.com", "type": "work"}],
+            ENTERPRISE_SCHEMA: {"department": "Sales"},
+            "meta": {"resourceType": "User"},
+        })
+        .as_object()
+        .unwrap()
+        .clone()
     }
 
     #[test]
     fn attributes_keeps_only_named_plus_id() {
         let p = Projection::parse(Kind::User, Some("userName,name.givenName,emails.value,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"), None).unwrap();
-        let r = p.apply(render(&stored(), "http://h"));
+        let r = p.apply(rendered());
         assert_eq!(
             Value::Object(r),
             json!({
-                "schemas": [schema::USER_SCHEMA, ENTERPRISE_SCHEMA],
+                "schemas": [USER_SCHEMA, ENTERPRISE_SCHEMA],
                 "id": "u1",
                 "userName": "a@x.com",
                 "name": {"givenName": "A"},
@@ -232,7 +170,7 @@ mod tests {
             Some("id,name,emails.type,urn:ietf:params:scim:schemas:extension:enterprise:2.0:User:department"),
         )
         .unwrap();
-        let r = p.apply(render(&stored(), "http://h"));
+        let r = p.apply(rendered());
         assert_eq!(r["id"], json!("u1"));
         assert!(r.get("name").is_none());
         assert_eq!(r["emails"], json!([{"value": "a@x.com"}]));

@@ -1,0 +1,292 @@
+//! The `Users` and `Groups` endpoints: parse and validate, hand changes to staging, and answer only once
+//! staging has committed them (contract point 1).
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use serde_json::{Map, Value, json};
+
+use super::error::internal;
+use super::render::render;
+use super::{AppState, Ctx, ScimSettings, base_url, param, scim_response, with_etag};
+use crate::scim::error::{ScimError, Status};
+use crate::scim::filter;
+use crate::scim::projection::Projection;
+use crate::scim::schema::{self, Kind};
+use crate::scim::{SCIM_CONTENT_TYPE, check_filter, patch, validate};
+use crate::staging::{Change, Committed, Stored};
+
+pub(super) fn collection(kind: Kind) -> MethodRouter<AppState> {
+    get(move |s: State<AppState>, c: axum::Extension<Ctx>, q: Query<Vec<(String, String)>>, h: HeaderMap| {
+        list(s, c, q, h, kind)
+    })
+    .post(move |s: State<AppState>, c: axum::Extension<Ctx>, q: Query<Vec<(String, String)>>, h: HeaderMap, b: Body| {
+        create(s, c, q, h, b, kind)
+    })
+    .fallback(|| async { ScimError::method_not_allowed("use GET or POST on a resource collection") })
+}
+
+pub(super) fn item(kind: Kind) -> MethodRouter<AppState> {
+    get(
+        move |s: State<AppState>,
+              c: axum::Extension<Ctx>,
+              p: Path<String>,
+              q: Query<Vec<(String, String)>>,
+              h: HeaderMap| { get_one(s, c, p, q, h, kind) },
+    )
+    .put(
+        move |s: State<AppState>,
+              c: axum::Extension<Ctx>,
+              p: Path<String>,
+              q: Query<Vec<(String, String)>>,
+              h: HeaderMap,
+              b: Body| { replace(s, c, p, q, h, b, kind) },
+    )
+    .patch(
+        move |s: State<AppState>,
+              c: axum::Extension<Ctx>,
+              p: Path<String>,
+              q: Query<Vec<(String, String)>>,
+              h: HeaderMap,
+              b: Body| { patch_one(s, c, p, q, h, b, kind) },
+    )
+    .delete(move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, h: HeaderMap| delete(s, c, p, h, kind))
+    .fallback(|| async { ScimError::method_not_allowed("use GET, PUT, PATCH or DELETE on a resource") })
+}
+
+/// Reads a JSON body within the size limit. `application/scim+json` and `application/json` are accepted
+/// (Okta sends the latter); a missing content type is tolerated.
+async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ScimError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if mime != SCIM_CONTENT_TYPE && mime != "application/json" {
+            return Err(ScimError::new(
+                Status::UnsupportedMediaType,
+                None,
+                format!("content type {mime:?} is not supported; send application/scim+json"),
+            ));
+        }
+    }
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ScimError::payload_too_large(limit));
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
+        while let Some(s) = source {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ScimError::payload_too_large(limit);
+            }
+            source = s.source();
+        }
+        ScimError::invalid_syntax(format!("the request body could not be read: {inner}"))
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ScimError::invalid_syntax(format!("malformed JSON: {e}")))
+}
+
+fn if_match(headers: &HeaderMap) -> Option<String> {
+    headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned)
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    kind: Kind,
+) -> Result<Response, ScimError> {
+    let settings = &state.settings;
+    let filter = match param(&q, "filter").map(str::trim).filter(|f| !f.is_empty()) {
+        None => None,
+        Some(text) => {
+            let f = filter::parse_filter(text)
+                .map_err(|e| ScimError::invalid_filter(format!("invalid filter {text:?}: {e}")))?;
+            check_filter(kind, &f)?;
+            Some(f)
+        }
+    };
+    let number = |name: &str| -> Result<Option<i64>, ScimError> {
+        param(&q, name)
+            .map(|v| {
+                v.trim()
+                    .parse::<i64>()
+                    .map_err(|_| ScimError::invalid_value(format!("{name} must be an integer, got {v:?}")))
+            })
+            .transpose()
+    };
+    // RFC 7644 §3.4.2.4: startIndex below 1 is read as 1, a negative count as 0.
+    let start = number("startIndex")?.unwrap_or(1).max(1) as usize;
+    let count =
+        number("count")?.map(|c| c.max(0) as usize).unwrap_or(settings.default_page_size).min(settings.max_page_size);
+    let projection = projection(kind, &q)?;
+    let with_members = kind == Kind::Group && projection.wants("members");
+    let page = state
+        .staging
+        .list(ctx.tenant.id, kind, filter, start, count, with_members)
+        .await
+        .map_err(|e| internal(&ctx.request_id, e))?;
+    let base = base_url(settings, &headers);
+    let resources: Vec<Value> =
+        page.resources.iter().map(|s| Value::Object(projection.apply(render(s, &base)))).collect();
+    let body = json!({
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+        "totalResults": page.total,
+        "startIndex": start,
+        "itemsPerPage": resources.len(),
+        "Resources": resources,
+    });
+    Ok(scim_response(StatusCode::OK, Some(body)))
+}
+
+fn projection(kind: Kind, q: &[(String, String)]) -> Result<Projection, ScimError> {
+    Projection::parse(kind, param(q, "attributes"), param(q, "excludedAttributes"))
+}
+
+fn respond(
+    status: StatusCode,
+    stored: &Stored,
+    projection: &Projection,
+    headers: &HeaderMap,
+    settings: &ScimSettings,
+) -> Result<Response, ScimError> {
+    let base = base_url(settings, headers);
+    let body = projection.apply(render(stored, &base));
+    let location = format!("{base}/{}/{}", stored.kind.endpoint(), stored.id);
+    let mut resp = with_etag(scim_response(status, Some(Value::Object(body))), stored.version);
+    if status == StatusCode::CREATED
+        && let Ok(v) = HeaderValue::from_str(&location)
+    {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+/// Stages a change, answering only once it is committed, and logs it: one INFO line per staged change.
+async fn stage(state: &AppState, ctx: &Ctx, change: Change) -> Result<Committed, ScimError> {
+    let (kind, op) = (change.kind(), change.op());
+    let named = match &change {
+        Change::Replace { id, .. } | Change::Patch { id, .. } | Change::Delete { id, .. } => Some(id.clone()),
+        Change::Create { .. } => None,
+    };
+    let committed = state
+        .staging
+        .write(ctx.tenant.id, &ctx.request_id, state.settings.strict, change)
+        .await
+        .map_err(|e| internal(&ctx.request_id, e))?;
+    let id = committed.resource.as_ref().map(|r| r.id.clone()).or(named).unwrap_or_default();
+    tracing::info!(
+        tenant = %ctx.tenant.name,
+        request_id = %ctx.request_id,
+        resource = kind.as_str(),
+        resource_id = %id,
+        change_seq = committed.seq.0,
+        op = op.as_str(),
+        "change staged"
+    );
+    Ok(committed)
+}
+
+fn normalized(kind: Kind, body: &Value, strict: bool) -> Result<Map<String, Value>, ScimError> {
+    let Value::Object(doc) = schema::normalize_resource(kind, body, strict)? else {
+        return Err(ScimError::invalid_syntax("the request body must be a JSON object"));
+    };
+    validate(kind, &doc)?;
+    Ok(doc)
+}
+
+pub(super) async fn create(
+    State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+    kind: Kind,
+) -> Result<Response, ScimError> {
+    let settings = &state.settings;
+    // Everything that can refuse the request is checked before the change is committed.
+    let projection = projection(kind, &q)?;
+    let body = read_json(&headers, body, settings.max_body_bytes).await?;
+    let doc = normalized(kind, &body, settings.strict)?;
+    let stored = stage(&state, &ctx, Change::Create { kind, doc }).await?.resource.ok_or_else(ScimError::internal)?;
+    respond(StatusCode::CREATED, &stored, &projection, &headers, settings)
+}
+
+pub(super) async fn get_one(
+    State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    kind: Kind,
+) -> Result<Response, ScimError> {
+    let projection = projection(kind, &q)?;
+    let with_members = kind == Kind::Group && projection.wants("members");
+    let stored = state
+        .staging
+        .get(ctx.tenant.id, kind, id.clone(), with_members)
+        .await
+        .map_err(|e| internal(&ctx.request_id, e))?
+        .ok_or_else(|| ScimError::not_found(kind.as_str(), &id))?;
+    respond(StatusCode::OK, &stored, &projection, &headers, &state.settings)
+}
+
+pub(super) async fn replace(
+    State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+    kind: Kind,
+) -> Result<Response, ScimError> {
+    let settings = &state.settings;
+    let projection = projection(kind, &q)?;
+    let body = read_json(&headers, body, settings.max_body_bytes).await?;
+    if let Some(body_id) = filter::get_ci(&body, "id").and_then(Value::as_str)
+        && body_id != id
+    {
+        return Err(ScimError::mutability(format!("the body's id {body_id:?} differs from the URL's {id:?}")));
+    }
+    let doc = normalized(kind, &body, settings.strict)?;
+    let change = Change::Replace { kind, id, doc, if_match: if_match(&headers) };
+    let stored = stage(&state, &ctx, change).await?.resource.ok_or_else(ScimError::internal)?;
+    respond(StatusCode::OK, &stored, &projection, &headers, settings)
+}
+
+pub(super) async fn patch_one(
+    State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    Query(q): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Body,
+    kind: Kind,
+) -> Result<Response, ScimError> {
+    let settings = &state.settings;
+    let projection = projection(kind, &q)?;
+    let body = read_json(&headers, body, settings.max_body_bytes).await?;
+    let ops = patch::parse_request(&body)?;
+    let change = Change::Patch { kind, id, ops, if_match: if_match(&headers) };
+    let stored = stage(&state, &ctx, change).await?.resource.ok_or_else(ScimError::internal)?;
+    match kind {
+        // RFC 7644 §3.5.2 allows 204; a group's full member list can be large, and neither Entra nor Okta
+        // reads it back from a PATCH answer.
+        Kind::Group => Ok(with_etag(scim_response(StatusCode::NO_CONTENT, None), stored.version)),
+        Kind::User => respond(StatusCode::OK, &stored, &projection, &headers, settings),
+    }
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    kind: Kind,
+) -> Result<Response, ScimError> {
+    stage(&state, &ctx, Change::Delete { kind, id, if_match: if_match(&headers) }).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
