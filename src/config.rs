@@ -265,6 +265,56 @@ impl Config {
         Config::parse(EMBEDDED).unwrap_or_default()
     }
 
+    /// Checks, without creating anything, that the staging database's directory exists and is writable,
+    /// or could be created: the nearest existing ancestor is a writable directory.
+    ///
+    /// # Errors
+    /// `staging.path`, naming the directory and why it cannot be used.
+    pub fn check_staging_dir(&self) -> Result<(), ConfigError> {
+        let path = &self.staging.path;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut existing = dir.as_path();
+        while !existing.exists() {
+            match existing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => existing = p,
+                _ => {
+                    existing = Path::new(".");
+                    break;
+                }
+            }
+        }
+        let key = "staging.path";
+        if !existing.is_dir() {
+            return Err(invalid(
+                key,
+                format!("{} cannot be created: {} is not a directory", dir.display(), existing.display()),
+            ));
+        }
+        let probe = existing.join(format!(".scim-bridge-check-{}", std::process::id()));
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => {
+                let what = if existing == dir.as_path() {
+                    format!("the directory {} is not writable", dir.display())
+                } else {
+                    format!("{} cannot be created: {} is not writable", dir.display(), existing.display())
+                };
+                Err(invalid(key, format!("{what} ({e})")))
+            }
+        }
+    }
+
+    /// The targets a tenant's changes are replayed into; empty for a tenant with no `[[tenant]]` block.
+    pub fn targets_of(&self, tenant: &str) -> Vec<&str> {
+        self.tenants.iter().filter(|t| t.name == tenant).flat_map(|t| t.targets.iter().map(String::as_str)).collect()
+    }
+
     /// # Errors
     /// `server.listen` is not an `address:port`.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
@@ -286,6 +336,18 @@ mod tests {
         let c = Config::parse("").unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:7644");
         assert_eq!(c.server.base_path, "/scim/v2");
+    }
+
+    #[test]
+    fn staging_directory_is_checked_without_creating_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &Path| Config::parse(&format!("[staging]\npath = {:?}\n", p.display().to_string())).unwrap();
+        at(&dir.path().join("new/deeper/staging.db")).check_staging_dir().unwrap();
+        assert!(!dir.path().join("new").exists(), "nothing was created");
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let e = at(&file.join("staging.db")).check_staging_dir().unwrap_err().to_string();
+        assert!(e.contains("staging.path") && e.contains("not a directory"), "{e}");
     }
 
     #[test]

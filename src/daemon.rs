@@ -12,7 +12,7 @@ use crate::config::{Config, ConfigError, TargetConfig};
 use crate::http::ScimSettings;
 use crate::replay::{self, Binding, ReplaySettings};
 use crate::staging::replay_state::ReplayStore;
-use crate::staging::{Staging, StagingError, StagingOptions};
+use crate::staging::{DaemonLock, Staging, StagingError, StagingOptions};
 use crate::targets::Target;
 use crate::targets::ldap::LdapTarget;
 use crate::targets::sql::SqlTarget;
@@ -65,13 +65,29 @@ pub fn scim_settings(config: &Config) -> ScimSettings {
     (&config.server).into()
 }
 
+/// Takes the staging database for this process (see [`DaemonLock`]) and runs the daemon until `shutdown`
+/// resolves.
+///
+/// # Errors
+/// Another daemon serves the same staging database, or as for [`run_locked`].
+pub async fn run(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), DaemonError> {
+    let lock = DaemonLock::acquire(&config.staging.path)?;
+    run_locked(config, &lock, listener, shutdown).await
+}
+
 /// Runs until `shutdown` resolves: HTTP stops first (in-flight requests finish and are committed), then
-/// the replay workers finish their current step.
+/// the replay workers finish their current step. `_lock` proves that this process owns the staging
+/// database.
 ///
 /// # Errors
 /// Invalid target configuration, an unusable staging database, or a failing listener.
-pub async fn run(
+pub async fn run_locked(
     config: &Config,
+    _lock: &DaemonLock,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), DaemonError> {
@@ -98,15 +114,13 @@ pub async fn run(
 }
 
 /// Creates the demo application database of the embedded default (an `employees` table with a `blocked`
-/// flag, `teams` and `team_members`), if it does not exist yet.
+/// flag, `teams` and `team_members`), private to its owner, if it does not exist yet.
 ///
 /// # Errors
 /// The file cannot be created.
-pub fn prepare_demo_database(path: &Path) -> Result<(), rusqlite::Error> {
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let conn = rusqlite::Connection::open(path)?;
+pub fn prepare_demo_database(path: &Path) -> Result<(), DaemonError> {
+    crate::staging::private_file(path)?;
+    let conn = rusqlite::Connection::open(path).map_err(StagingError::from)?;
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS employees (
              id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -130,6 +144,8 @@ pub fn prepare_demo_database(path: &Path) -> Result<(), rusqlite::Error> {
              PRIMARY KEY (team_id, employee_id)
          );",
     )
+    .map_err(StagingError::from)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub trait ReplayTarget: Send + Sync + 'static {
     /// How many batches may be applied at once.
     fn parallelism(&self) -> usize;
     fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// See [`Target::ping`].
+    fn ping(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// See [`Target::apply_batch`].
     fn apply_batch<'a>(
         &'a self,
@@ -71,6 +73,9 @@ impl ReplayTarget for Target {
     }
     fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send {
         Target::check(self)
+    }
+    fn ping(&self) -> impl Future<Output = Result<(), TargetError>> + Send {
+        Target::ping(self)
     }
     fn apply_batch<'a>(
         &'a self,
@@ -140,6 +145,27 @@ impl From<StagingError> for StepError {
     }
 }
 
+/// How often an idle worker makes sure its target still answers.
+const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest idle wait between looks at the journal and the retry queue.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// What a worker knows of its target's reachability.
+struct Reachability {
+    /// Since when the target has been unreachable.
+    down: Option<tokio::time::Instant>,
+    attempts: u32,
+    probed: tokio::time::Instant,
+    /// Whether staging has the present state.
+    recorded: bool,
+}
+
+impl Default for Reachability {
+    fn default() -> Self {
+        Reachability { down: None, attempts: 0, probed: tokio::time::Instant::now(), recorded: false }
+    }
+}
+
 struct Worker<T> {
     binding: Binding<T>,
     store: ReplayStore,
@@ -174,10 +200,15 @@ impl<T: ReplayTarget> Worker<T> {
 
     async fn run(self: Arc<Self>, mut commits: watch::Receiver<u64>, mut shutdown: watch::Receiver<bool>) {
         let target = self.name().to_owned();
+        let mut health = Reachability::default();
         match self.binding.target.check().await {
-            Ok(()) => tracing::info!(target = %target, tenants = ?self.binding.tenants, "replay started"),
+            Ok(()) => {
+                tracing::info!(target = %target, tenants = ?self.binding.tenants, "replay started");
+                self.reachable(&mut health).await;
+            }
             Err(e) => {
-                tracing::warn!(target = %target, error = %e.report(), "target not ready; replay will keep trying")
+                tracing::warn!(target = %target, tenants = ?self.binding.tenants, error = %e.report(), "replay started, but the target is not ready; replay will keep trying");
+                self.unreachable(&mut health, &e, Duration::ZERO).await;
             }
         }
         let mut failures_in_a_row = 0u32;
@@ -185,21 +216,32 @@ impl<T: ReplayTarget> Worker<T> {
             if *shutdown.borrow() {
                 break;
             }
-            match self.step().await {
-                Ok(true) => {
-                    failures_in_a_row = 0;
-                    continue;
+            let outcome = match self.step().await {
+                // Nothing to apply: make sure an outage is still seen (and its end too) by pinging now and
+                // then, or at once while the target is known to be down.
+                Ok(false) if health.down.is_some() || health.probed.elapsed() >= PROBE_INTERVAL => {
+                    health.probed = tokio::time::Instant::now();
+                    self.binding.target.ping().await.map(|()| false).map_err(StepError::Down)
                 }
-                Ok(false) => {
+                other => other,
+            };
+            match outcome {
+                Ok(did_work) => {
                     failures_in_a_row = 0;
-                    // Idle: wait for new commits, the next due retry, or shutdown.
+                    self.reachable(&mut health).await;
+                    if did_work {
+                        continue;
+                    }
+                    // Idle: wait for new commits, the next due retry, or shutdown. A short poll, so that an
+                    // operator's `scim-bridge retry` (another process) takes effect within a second or two.
                     let next_due = self.store_call(|s, t| s.next_due(&t)).await.ok().flatten();
                     let wait = next_due
                         .map(|d| Duration::from_millis((d - self.clock.now_ms()).max(0) as u64))
-                        .unwrap_or(Duration::from_secs(60));
+                        .unwrap_or(IDLE_POLL)
+                        .min(IDLE_POLL);
                     tokio::select! {
                         _ = commits.changed() => {}
-                        _ = tokio::time::sleep(wait.min(Duration::from_secs(60))) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -207,9 +249,7 @@ impl<T: ReplayTarget> Worker<T> {
                     let pause = backoff(&self.settings, failures_in_a_row);
                     failures_in_a_row = failures_in_a_row.saturating_add(1);
                     match e {
-                        StepError::Down(err) => {
-                            tracing::warn!(target = %target, error = %err.report(), retry_in_ms = pause.as_millis() as u64, "target unavailable; changes are kept and will be applied in order")
-                        }
+                        StepError::Down(err) => self.unreachable(&mut health, &err, pause).await,
                         StepError::Staging(err) => {
                             tracing::error!(target = %target, error = %err, retry_in_ms = pause.as_millis() as u64, "replay cannot use the staging database")
                         }
@@ -222,6 +262,40 @@ impl<T: ReplayTarget> Worker<T> {
             }
         }
         tracing::info!(target = %target, "replay stopped");
+    }
+
+    /// The target answered: one INFO line when it comes back after an outage, recorded for `status`.
+    async fn reachable(&self, health: &mut Reachability) {
+        let was_down = health.down.take();
+        if let Some(since) = was_down {
+            tracing::info!(
+                target = %self.name(),
+                down_for_s = since.elapsed().as_secs(),
+                attempts = health.attempts,
+                "target reachable again; replay continues in order"
+            );
+        }
+        health.attempts = 0;
+        if was_down.is_some() || !health.recorded {
+            let recorded = self.store_call(|s, t| s.record_health(&t, true, None, None)).await;
+            health.recorded = recorded.is_ok();
+        }
+    }
+
+    /// An attempt to reach the target failed: one WARN line when an outage begins (later attempts log at
+    /// DEBUG), and the state recorded for `status` after every attempt.
+    async fn unreachable(&self, health: &mut Reachability, e: &TargetError, retry_in: Duration) {
+        let report = e.report();
+        health.attempts += 1;
+        if health.down.is_none() {
+            health.down = Some(tokio::time::Instant::now());
+            tracing::warn!(target = %self.name(), error = %report, "target unreachable; changes are kept and will be applied in order when it is back");
+        } else {
+            tracing::debug!(target = %self.name(), error = %report, attempts = health.attempts, retry_in_ms = retry_in.as_millis() as u64, "target still unreachable");
+        }
+        let next = self.clock.now_ms() + retry_in.as_millis() as i64;
+        let recorded = self.store_call(move |s, t| s.record_health(&t, false, Some(&report), Some(next))).await;
+        health.recorded = recorded.is_ok();
     }
 
     async fn store_call<R: Send + 'static>(
@@ -378,7 +452,8 @@ impl<T: ReplayTarget> Worker<T> {
         for (e, a) in entries.iter().zip(applied) {
             tracing::info!(
                 target = %self.name(),
-                tenant = e.tenant.0,
+                tenant = %e.tenant_name,
+                request_id = %e.request_id,
                 resource = e.kind.as_str(),
                 resource_id = %e.resource_id,
                 change_seq = e.seq.0,
@@ -396,10 +471,10 @@ impl<T: ReplayTarget> Worker<T> {
         let dead = attempts >= self.settings.max_attempts;
         let next = self.clock.now_ms() + backoff(&self.settings, attempts.max(1) as u32 - 1).as_millis() as i64;
         if dead {
-            tracing::error!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg,
+            tracing::error!(target = %self.name(), tenant = %e.tenant_name, request_id = %e.request_id, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg,
                 "change parked as a dead letter; later changes of this resource wait behind it (scim-bridge journal / retry)");
         } else {
-            tracing::warn!(target = %self.name(), tenant = e.tenant.0, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg, "change failed; will retry");
+            tracing::warn!(target = %self.name(), tenant = %e.tenant_name, request_id = %e.request_id, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg, "change failed; will retry");
         }
         record.errors.push((e.clone(), msg.clone()));
         record.failures.push(Failure {
@@ -420,7 +495,7 @@ impl<T: ReplayTarget> Worker<T> {
             Some(seq) => format!("waiting behind change {seq} of the same resource, which failed"),
             None => "waiting behind an earlier change of the same resource, which failed".to_owned(),
         };
-        tracing::info!(target = %self.name(), resource_id = %e.resource_id, change_seq = e.seq.0, "{msg}");
+        tracing::info!(target = %self.name(), tenant = %e.tenant_name, request_id = %e.request_id, resource_id = %e.resource_id, change_seq = e.seq.0, "{msg}");
         record.failures.push(Failure {
             target: self.name().to_owned(),
             seq: e.seq,

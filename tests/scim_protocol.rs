@@ -498,3 +498,61 @@ async fn indexed_lookups_stay_within_the_tenant() {
     }
     s.stop().await;
 }
+
+/// A change that changes nothing (an attribute this service ignores, a value replaced by itself, a PUT of
+/// the same document) answers with the resource as it is: no journal entry, no new version. In strict mode
+/// an unknown path is refused.
+#[tokio::test]
+async fn a_change_that_changes_nothing_is_not_journaled() {
+    let s = TestServer::start().await;
+    let u = create(&s, &user("noop@x.com")).await;
+    let id = u["id"].as_str().unwrap();
+    let before = journal_count(&s);
+    for ops in [
+        json!([{"op": "replace", "path": "nosuch.attr", "value": "x"}]),
+        json!([{"op": "Replace", "path": "userName", "value": "noop@x.com"}]),
+        json!([{"op": "replace", "value": {"active": "True"}}]),
+    ] {
+        let (status, v) = s.send(Method::PATCH, &format!("/Users/{id}"), Some(&common::patch(ops.clone()))).await;
+        assert_eq!((status, v["meta"]["version"].as_str()), (200, Some("W/\"1\"")), "{ops}: {v}");
+    }
+    let (status, v) = s.send(Method::PUT, &format!("/Users/{id}"), Some(&user("noop@x.com"))).await;
+    assert_eq!((status, v["meta"]["version"].as_str()), (200, Some("W/\"1\"")), "{v}");
+    assert_eq!(journal_count(&s), before, "nothing journaled");
+    let (status, v) = s
+        .send(
+            Method::PATCH,
+            &format!("/Users/{id}"),
+            Some(&common::patch(json!([{"op": "replace", "path": "title", "value": "x"}]))),
+        )
+        .await;
+    assert_eq!((status, v["meta"]["version"].as_str()), (200, Some("W/\"2\"")), "a real change still counts: {v}");
+    assert_eq!(journal_count(&s), before + 1);
+    s.stop().await;
+
+    let s = TestServer::start_with(scim_bridge::http::ScimSettings { strict: true, ..Default::default() }).await;
+    let u = create(&s, &user("strict@x.com")).await;
+    let path = format!("/Users/{}", u["id"].as_str().unwrap());
+    let body = common::patch(json!([{"op": "replace", "path": "nosuch.attr", "value": "x"}]));
+    let (status, v) = s.send(Method::PATCH, &path, Some(&body)).await;
+    assert_eq!((status, v["scimType"].as_str()), (400, Some("invalidPath")), "{v}");
+    s.stop().await;
+}
+
+/// A filter that is not UTF-8 once percent-decoded is refused (not answered with an empty list), and an
+/// invalid filter is quoted in the error only in part.
+#[tokio::test]
+async fn filters_that_cannot_be_read_are_refused_clearly() {
+    let s = TestServer::start().await;
+    create(&s, &user("f@x.com")).await;
+    let resp = s.req(Method::GET, "/Users?filter=userName%20eq%20%22%FF%FE%22").send().await.unwrap();
+    let (status, v) = decode(resp).await;
+    assert_eq!((status, v["scimType"].as_str()), (400, Some("invalidFilter")), "{v}");
+    let huge = format!("userName eq \"a\" and ({}", "title eq \"x\" or ".repeat(2000));
+    let resp = s.req(Method::GET, &format!("/Users?filter={}", urlencode(&huge))).send().await.unwrap();
+    let (status, v) = decode(resp).await;
+    assert_eq!(status, 400, "{v}");
+    let detail = v["detail"].as_str().unwrap();
+    assert!(huge.len() > 25_000 && detail.len() < 600, "{} characters quoted", detail.len());
+    s.stop().await;
+}

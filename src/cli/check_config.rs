@@ -9,6 +9,7 @@ use super::{load_config, small_runtime};
 
 pub fn run(path: Option<&Path>, connect: bool) -> anyhow::Result<()> {
     let config = load_config(path)?;
+    config.check_staging_dir()?;
     small_runtime()?.block_on(async {
         let bindings = daemon::bindings(&config)?;
         match path {

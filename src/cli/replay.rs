@@ -1,25 +1,57 @@
-//! The replay commands: `status` (progress per target), `journal` (failed changes), `retry` (dead
-//! letters, after their cause is fixed).
+//! The replay commands: `status` (tenants, targets, progress and reachability), `journal` (failed
+//! changes), `retry` (dead letters, after their cause is fixed).
 
 use std::path::Path;
 
-use anyhow::Context;
-use scim_bridge::staging::ChangeSeq;
-use scim_bridge::staging::replay_state::{FailureState, ReplayStore};
+use scim_bridge::config::Config;
+use scim_bridge::staging::replay_state::{Failure, FailureState, ReplayStore};
+use scim_bridge::staging::{self, ChangeSeq};
 
 use super::{load_config, now_ms};
 
-fn open(path: Option<&Path>) -> anyhow::Result<(scim_bridge::config::Config, ReplayStore)> {
+fn open(path: Option<&Path>) -> anyhow::Result<(Config, ReplayStore)> {
     let config = load_config(path)?;
-    let store = ReplayStore::open(&config.staging.path).context("while opening the staging database")?;
+    let store = ReplayStore::open(&config.staging.path)?;
     Ok((config, store))
+}
+
+/// A target named on the command line must be one of the configuration's.
+fn known_target(config: &Config, target: Option<&str>) -> anyhow::Result<()> {
+    match target {
+        Some(t) if !config.targets.iter().any(|c| c.name() == t) => {
+            let names: Vec<&str> = config.targets.iter().map(|c| c.name()).collect();
+            anyhow::bail!(
+                "no target is named {t:?} in the configuration (targets: {})",
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
+fn in_seconds(ms: i64) -> i64 {
+    ((ms - now_ms()).max(0) + 999) / 1000
 }
 
 pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
     let (config, store) = open(path)?;
     let head = store.head()?;
     let failures = store.list_failures(None)?;
-    println!("journal head: {head}");
+    let health = store.health()?;
+    match staging::running_daemon(&config.staging.path) {
+        Some(pid) => println!("daemon: running (pid {pid}); journal head {head}"),
+        None => println!("daemon: not running (target states below are as it last saw them); journal head {head}"),
+    }
+    for (tenant, changes) in store.changes_per_tenant()? {
+        let targets = config.targets_of(&tenant);
+        if targets.is_empty() {
+            println!(
+                "tenant {tenant}: {changes} change(s) staged, replayed nowhere (no [[tenant]] block binds it to a target)"
+            );
+        } else {
+            println!("tenant {tenant}: {changes} change(s) staged, replayed into {}", targets.join(", "));
+        }
+    }
     if config.targets.is_empty() {
         println!("no [[target]] configured: changes are staged but not replayed");
     }
@@ -27,6 +59,18 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
         let name = t.name();
         let cursor = store.cursor(name)?;
         let count = |state: FailureState| failures.iter().filter(|f| f.target == name && f.state == state).count();
+        let reach = match health.iter().find(|h| h.target == name) {
+            None => "not contacted yet".to_owned(),
+            Some(h) if h.reachable => format!("reachable since {}", h.since),
+            Some(h) => format!(
+                "UNREACHABLE since {} ({} failed attempt(s){}), last error: {}",
+                h.since,
+                h.failures,
+                h.next_attempt_ms.map(|ms| format!(", next in {} s", in_seconds(ms))).unwrap_or_default(),
+                h.last_error.as_deref().unwrap_or("-")
+            ),
+        };
+        println!("target {name}: {reach}");
         println!(
             "target {name}: replayed up to {cursor} (lag {}), retrying {}, dead {}, waiting {}",
             head.0 - cursor.0,
@@ -38,35 +82,71 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn describe(f: &Failure) -> String {
+    let when = if f.state == FailureState::Retry {
+        format!(", next attempt in {} s", in_seconds(f.next_attempt_ms))
+    } else {
+        String::new()
+    };
+    format!(
+        "{} seq {} tenant {} resource {}: {} after {} attempt(s){when}: {}",
+        f.target,
+        f.seq,
+        f.tenant.0,
+        f.resource_id,
+        f.state.as_str(),
+        f.attempts,
+        f.last_error
+    )
+}
+
 pub fn journal(path: Option<&Path>, target: Option<&str>) -> anyhow::Result<()> {
-    let (_, store) = open(path)?;
+    let (config, store) = open(path)?;
+    known_target(&config, target)?;
     let failures = store.list_failures(target)?;
     if failures.is_empty() {
         println!("no failed changes");
     }
     for f in failures {
-        let when = if f.state == FailureState::Retry {
-            format!(", next attempt in {} s", ((f.next_attempt_ms - now_ms()).max(0) + 999) / 1000)
-        } else {
-            String::new()
-        };
-        println!(
-            "{} seq {} tenant {} resource {}: {} after {} attempt(s){when}: {}",
-            f.target,
-            f.seq,
-            f.tenant.0,
-            f.resource_id,
-            f.state.as_str(),
-            f.attempts,
-            f.last_error
-        );
+        println!("{}", describe(&f));
     }
     Ok(())
 }
 
 pub fn retry(path: Option<&Path>, target: Option<&str>, seq: Option<i64>) -> anyhow::Result<()> {
-    let (_, store) = open(path)?;
-    let n = store.retry(target, seq.map(ChangeSeq), now_ms())?;
-    println!("{n} dead letter(s) queued for another round of attempts; a running daemon picks them up within a minute");
+    let (config, store) = open(path)?;
+    known_target(&config, target)?;
+    let seq = seq.map(ChangeSeq);
+    if let Some(s) = seq
+        && !store.has_entry(s)?
+    {
+        anyhow::bail!("the journal has no change with sequence {s}");
+    }
+    let queued = store.retry(target, seq, now_ms())?;
+    if queued.is_empty() {
+        match seq {
+            Some(s) => {
+                let state = store.list_failures(target)?.into_iter().find(|f| f.seq == s).map(|f| f.state);
+                match state {
+                    Some(st) => anyhow::bail!("change {s} is not a dead letter (it is {})", st.as_str()),
+                    None => anyhow::bail!(
+                        "change {s} is not a dead letter{}",
+                        target.map(|t| format!(" of target {t}")).unwrap_or_default()
+                    ),
+                }
+            }
+            None => println!("no dead letters to retry"),
+        }
+        return Ok(());
+    }
+    for f in &queued {
+        println!("queued: {}", describe(f));
+    }
+    match staging::running_daemon(&config.staging.path) {
+        Some(_) => {
+            println!("{} dead letter(s) queued; the running daemon retries them within a few seconds", queued.len())
+        }
+        None => println!("{} dead letter(s) queued; they are retried when the daemon runs", queued.len()),
+    }
     Ok(())
 }

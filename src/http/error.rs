@@ -29,6 +29,10 @@ pub(super) fn internal(request_id: &str, e: StagingError) -> ScimError {
         StagingError::Closed => {
             ScimError::unavailable("the service is shutting down; the change was not stored, retry later")
         }
+        StagingError::Unavailable(cause) => {
+            tracing::error!(request_id, error = %cause, "the change cannot be stored: the staging database refuses writes (disk full or read-only?); answering 503");
+            ScimError::unavailable("the service cannot store changes right now; the change was not stored, retry later")
+        }
         other => {
             tracing::error!(request_id, error = %other, "staging failed");
             ScimError::internal()

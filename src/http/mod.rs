@@ -143,7 +143,7 @@ pub async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(staging.clone(), settings);
+    let app = router(staging.clone(), settings).into_make_service_with_connect_info::<std::net::SocketAddr>();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;

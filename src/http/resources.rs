@@ -2,7 +2,8 @@
 //! staging has committed them (contract point 1).
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
@@ -19,41 +20,71 @@ use crate::scim::{SCIM_CONTENT_TYPE, check_filter, patch, validate};
 use crate::staging::{Change, Committed, Stored};
 
 pub(super) fn collection(kind: Kind) -> MethodRouter<AppState> {
-    get(move |s: State<AppState>, c: axum::Extension<Ctx>, q: Query<Vec<(String, String)>>, h: HeaderMap| {
-        list(s, c, q, h, kind)
-    })
-    .post(move |s: State<AppState>, c: axum::Extension<Ctx>, q: Query<Vec<(String, String)>>, h: HeaderMap, b: Body| {
-        create(s, c, q, h, b, kind)
-    })
-    .fallback(|| async { ScimError::method_not_allowed("use GET or POST on a resource collection") })
+    get(move |s: State<AppState>, c: axum::Extension<Ctx>, q: QueryParams, h: HeaderMap| list(s, c, q, h, kind))
+        .post(move |s: State<AppState>, c: axum::Extension<Ctx>, q: QueryParams, h: HeaderMap, b: Body| {
+            create(s, c, q, h, b, kind)
+        })
+        .fallback(|| async { ScimError::method_not_allowed("use GET or POST on a resource collection") })
 }
 
 pub(super) fn item(kind: Kind) -> MethodRouter<AppState> {
-    get(
-        move |s: State<AppState>,
-              c: axum::Extension<Ctx>,
-              p: Path<String>,
-              q: Query<Vec<(String, String)>>,
-              h: HeaderMap| { get_one(s, c, p, q, h, kind) },
-    )
-    .put(
-        move |s: State<AppState>,
-              c: axum::Extension<Ctx>,
-              p: Path<String>,
-              q: Query<Vec<(String, String)>>,
-              h: HeaderMap,
-              b: Body| { replace(s, c, p, q, h, b, kind) },
-    )
+    get(move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, q: QueryParams, h: HeaderMap| {
+        get_one(s, c, p, q, h, kind)
+    })
+    .put(move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, q: QueryParams, h: HeaderMap, b: Body| {
+        replace(s, c, p, q, h, b, kind)
+    })
     .patch(
-        move |s: State<AppState>,
-              c: axum::Extension<Ctx>,
-              p: Path<String>,
-              q: Query<Vec<(String, String)>>,
-              h: HeaderMap,
-              b: Body| { patch_one(s, c, p, q, h, b, kind) },
+        move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, q: QueryParams, h: HeaderMap, b: Body| {
+            patch_one(s, c, p, q, h, b, kind)
+        },
     )
     .delete(move |s: State<AppState>, c: axum::Extension<Ctx>, p: Path<String>, h: HeaderMap| delete(s, c, p, h, kind))
     .fallback(|| async { ScimError::method_not_allowed("use GET, PUT, PATCH or DELETE on a resource") })
+}
+
+/// The query string's parameters, percent-decoded strictly: a value that is not UTF-8 once decoded is a
+/// 400 naming the parameter (`invalidFilter` for a filter), never a silently mangled search.
+pub(super) struct QueryParams(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ScimError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ScimError> {
+        parse_query(parts.uri.query().unwrap_or_default()).map(QueryParams)
+    }
+}
+
+fn decode(s: &str) -> Result<String, std::str::Utf8Error> {
+    let plus_as_space = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus_as_space).decode_utf8().map(|c| c.into_owned())
+}
+
+fn parse_query(raw: &str) -> Result<Vec<(String, String)>, ScimError> {
+    let mut out = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(k).map_err(|_| ScimError::invalid_value("a query parameter name is not valid UTF-8"))?;
+        let value = decode(v).map_err(|_| {
+            let detail = format!("the {name} parameter is not valid UTF-8 after percent-decoding");
+            if name.eq_ignore_ascii_case("filter") {
+                ScimError::invalid_filter(detail)
+            } else {
+                ScimError::invalid_value(detail)
+            }
+        })?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// A client's text quoted in an error, cut to a readable length: the client sent it and has it whole.
+fn quote(text: &str) -> String {
+    const MOST: usize = 200;
+    match text.char_indices().nth(MOST) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}… ({} characters)", &text[..cut], text.chars().count()),
+    }
 }
 
 /// Reads a JSON body within the size limit. `application/scim+json` and `application/json` are accepted
@@ -95,7 +126,7 @@ fn if_match(headers: &HeaderMap) -> Option<String> {
 pub(super) async fn list(
     State(state): State<AppState>,
     axum::Extension(ctx): axum::Extension<Ctx>,
-    Query(q): Query<Vec<(String, String)>>,
+    QueryParams(q): QueryParams,
     headers: HeaderMap,
     kind: Kind,
 ) -> Result<Response, ScimError> {
@@ -104,7 +135,7 @@ pub(super) async fn list(
         None => None,
         Some(text) => {
             let f = filter::parse_filter(text)
-                .map_err(|e| ScimError::invalid_filter(format!("invalid filter {text:?}: {e}")))?;
+                .map_err(|e| ScimError::invalid_filter(format!("invalid filter {}: {e}", quote(text))))?;
             check_filter(kind, &f)?;
             Some(f)
         }
@@ -178,15 +209,25 @@ async fn stage(state: &AppState, ctx: &Ctx, change: Change) -> Result<Committed,
         .await
         .map_err(|e| internal(&ctx.request_id, e))?;
     let id = committed.resource.as_ref().map(|r| r.id.clone()).or(named).unwrap_or_default();
-    tracing::info!(
-        tenant = %ctx.tenant.name,
-        request_id = %ctx.request_id,
-        resource = kind.as_str(),
-        resource_id = %id,
-        change_seq = committed.seq.0,
-        op = op.as_str(),
-        "change staged"
-    );
+    match committed.seq {
+        Some(seq) => tracing::info!(
+            tenant = %ctx.tenant.name,
+            request_id = %ctx.request_id,
+            resource = kind.as_str(),
+            resource_id = %id,
+            change_seq = seq.0,
+            op = op.as_str(),
+            "change staged"
+        ),
+        None => tracing::info!(
+            tenant = %ctx.tenant.name,
+            request_id = %ctx.request_id,
+            resource = kind.as_str(),
+            resource_id = %id,
+            op = op.as_str(),
+            "request changed nothing; nothing staged"
+        ),
+    }
     Ok(committed)
 }
 
@@ -201,7 +242,7 @@ fn normalized(kind: Kind, body: &Value, strict: bool) -> Result<Map<String, Valu
 pub(super) async fn create(
     State(state): State<AppState>,
     axum::Extension(ctx): axum::Extension<Ctx>,
-    Query(q): Query<Vec<(String, String)>>,
+    QueryParams(q): QueryParams,
     headers: HeaderMap,
     body: Body,
     kind: Kind,
@@ -219,7 +260,7 @@ pub(super) async fn get_one(
     State(state): State<AppState>,
     axum::Extension(ctx): axum::Extension<Ctx>,
     Path(id): Path<String>,
-    Query(q): Query<Vec<(String, String)>>,
+    QueryParams(q): QueryParams,
     headers: HeaderMap,
     kind: Kind,
 ) -> Result<Response, ScimError> {
@@ -238,7 +279,7 @@ pub(super) async fn replace(
     State(state): State<AppState>,
     axum::Extension(ctx): axum::Extension<Ctx>,
     Path(id): Path<String>,
-    Query(q): Query<Vec<(String, String)>>,
+    QueryParams(q): QueryParams,
     headers: HeaderMap,
     body: Body,
     kind: Kind,
@@ -261,7 +302,7 @@ pub(super) async fn patch_one(
     State(state): State<AppState>,
     axum::Extension(ctx): axum::Extension<Ctx>,
     Path(id): Path<String>,
-    Query(q): Query<Vec<(String, String)>>,
+    QueryParams(q): QueryParams,
     headers: HeaderMap,
     body: Body,
     kind: Kind,
@@ -289,4 +330,29 @@ pub(super) async fn delete(
 ) -> Result<Response, ScimError> {
     stage(&state, &ctx, Change::Delete { kind, id, if_match: if_match(&headers) }).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_strictly() {
+        assert_eq!(
+            parse_query("filter=userName+eq+%22a%40x.com%22&count=2").unwrap(),
+            [("filter".to_owned(), "userName eq \"a@x.com\"".to_owned()), ("count".to_owned(), "2".to_owned())]
+        );
+        let e = parse_query("filter=userName%20eq%20%22%FF%FE%22").unwrap_err();
+        assert_eq!(e.scim_type, Some(crate::scim::error::ScimType::InvalidFilter), "{e}");
+        let e = parse_query("attributes=%C3").unwrap_err();
+        assert!(e.detail.contains("attributes"), "{e}");
+    }
+
+    #[test]
+    fn long_quotes_are_cut() {
+        assert_eq!(quote("ab"), "\"ab\"");
+        let long = "é".repeat(30_000);
+        let q = quote(&long);
+        assert!(q.len() < 600 && q.ends_with("(30000 characters)"), "{q}");
+    }
 }

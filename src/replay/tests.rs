@@ -47,6 +47,9 @@ impl ReplayTarget for Memory {
     async fn check(&self) -> Result<(), TargetError> {
         Ok(())
     }
+    async fn ping(&self) -> Result<(), TargetError> {
+        if self.state().down { Err(TargetError::transient("connection refused")) } else { Ok(()) }
+    }
     /// All or nothing, like a SQL transaction.
     async fn apply_batch<'a>(
         &'a self,
@@ -114,7 +117,7 @@ impl Harness {
         let user_name = format!("{user}@example.com");
         let change = Change::Create { kind: Kind::User, doc: doc(json!({"userName": user_name, "title": "t0"})) };
         let c = self.staging.write(self.tenant, "req", false, change).await.unwrap();
-        (ResourceId(c.resource.unwrap().id), c.seq)
+        (ResourceId(c.resource.unwrap().id), c.seq.unwrap())
     }
 
     async fn retitle(&self, id: &ResourceId, title: &str) -> ChangeSeq {
@@ -124,7 +127,7 @@ impl Harness {
         }))
         .unwrap();
         let change = Change::Patch { kind: Kind::User, id: id.0.clone(), ops, if_match: None };
-        self.staging.write(self.tenant, "req", false, change).await.unwrap().seq
+        self.staging.write(self.tenant, "req", false, change).await.unwrap().seq.unwrap()
     }
 
     fn failures(&self) -> Vec<(String, ChangeSeq, FailureState)> {
@@ -205,7 +208,7 @@ async fn order_isolation_dead_letters_and_retry() {
 
     // The operator fixes the cause and retries: the dead letter, then the waiting change, in order.
     h.target.state().refuse.clear();
-    assert_eq!(h.store.retry(None, None, 0).unwrap(), 1);
+    assert_eq!(h.store.retry(None, None, 0).unwrap().len(), 1);
     h.until("bob caught up", |h| h.target.applied_of("bob").len() == 4).await;
     assert_eq!(h.target.applied_of("bob"), seqs["bob"]);
     h.until("failure rows resolved", |h| h.failures().is_empty()).await;

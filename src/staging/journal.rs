@@ -86,6 +86,8 @@ impl Op {
 pub struct Entry {
     pub seq: ChangeSeq,
     pub tenant: TenantId,
+    /// The tenant's name, for log lines and messages.
+    pub tenant_name: String,
     pub kind: Kind,
     pub resource_id: ResourceId,
     pub op: Op,

@@ -1,7 +1,7 @@
-//! Versioned schema migrations for the staging database. Each migration runs in its own transaction and
+//! Versioned schema migrations for the staging database. Pending migrations run in one transaction that also
 //! bumps `PRAGMA user_version`, so a crash mid-migration leaves the previous version intact.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, TransactionBehavior};
 
 /// Append-only: never edit a migration that has shipped; add a new one.
 const MIGRATIONS: &[&str] = &[
@@ -123,24 +123,45 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX links_key;
     CREATE INDEX links_owner ON links(target, kind, downstream_key);
     "#,
+    // 5: whether each target is reachable, as replay last found it, so that `status` (another process) can
+    // tell an outage from an idle target.
+    r#"
+    CREATE TABLE target_health (
+        target       TEXT PRIMARY KEY,
+        reachable    INTEGER NOT NULL,
+        since        TEXT NOT NULL,       -- when the present state began
+        failures     INTEGER NOT NULL,    -- failed attempts in a row while unreachable
+        last_error   TEXT,
+        next_attempt INTEGER,             -- unix milliseconds, while unreachable
+        checked      TEXT NOT NULL
+    );
+    "#,
 ];
 
-/// Brings the database to the latest schema version.
+/// Brings the database to the latest schema version. Safe against another process opening the same new
+/// file at the same moment (`token` beside `serve`): the version is read again under an immediate (write)
+/// lock, and every pending migration runs in that one transaction, so exactly one opener migrates.
 ///
 /// # Errors
 /// A database error, or a database written by a newer scim-bridge (refused rather than misread).
 pub fn migrate(conn: &mut Connection) -> Result<(), MigrationError> {
-    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let latest = MIGRATIONS.len() as i64;
+    let version = |c: &Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    if version(conn)? == latest {
+        return Ok(());
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current = version(&tx)?;
     if current > latest {
         return Err(MigrationError::TooNew { found: current, known: latest });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = conn.transaction()?;
+    for sql in MIGRATIONS.iter().skip(current as usize) {
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-        tx.commit()?;
-        tracing::info!(version = i + 1, "staging schema migrated");
+    }
+    tx.pragma_update(None, "user_version", latest)?;
+    tx.commit()?;
+    if current < latest {
+        tracing::info!(from = current, to = latest, "staging schema migrated");
     }
     Ok(())
 }
@@ -164,13 +185,37 @@ pub enum MigrationError {
 mod tests {
     use super::*;
 
+    /// Two processes opening a new staging file at once (`token` started beside `serve`) both succeed:
+    /// exactly one of them migrates.
+    #[test]
+    fn concurrent_openers_of_a_new_file() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        let mut conn = crate::staging::open_connection(&path)?;
+                        Ok::<_, crate::staging::StagingError>(migrate(&mut conn)?)
+                    })
+                })
+                .collect();
+            for o in openers {
+                o.join().unwrap().unwrap();
+            }
+        }
+    }
+
     #[test]
     fn migrates_from_empty_and_is_idempotent() {
         let mut conn = Connection::open_in_memory().unwrap();
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 4);
+        assert_eq!(latest_version(), 5);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

@@ -3,6 +3,7 @@
 //! failures, audit). One writer thread owns the write connection and commits concurrent requests together
 //! (group commit); readers use a small pool. Below it is only the protocol model, `crate::scim`.
 
+mod files;
 pub mod journal;
 mod migrations;
 mod read;
@@ -21,6 +22,7 @@ use crate::scim::error::ScimError;
 use crate::scim::patch::PatchOp;
 use crate::scim::schema::Kind;
 
+pub use files::{DaemonLock, private_file, running_daemon};
 pub use journal::{ChangeSeq, ResourceId, ResourceRef, TenantId};
 pub use migrations::MigrationError;
 pub use read::{Lookup, Page};
@@ -79,7 +81,8 @@ impl Change {
 
 #[derive(Debug)]
 pub struct Committed {
-    pub seq: ChangeSeq,
+    /// The journal entry, or None for a change that changed nothing (nothing was journaled).
+    pub seq: Option<ChangeSeq>,
     /// The resource after the change; None after a delete.
     pub resource: Option<Stored>,
 }
@@ -100,6 +103,15 @@ pub enum StagingError {
     /// The batch could not be committed; nothing of it was stored (the rusqlite error went to the log).
     #[error("staging commit failed: {0}")]
     Commit(String),
+    /// Nothing can be stored right now (disk full, read-only file system, I/O error); clients retry.
+    #[error("the staging database cannot store changes right now: {0}")]
+    Unavailable(String),
+    /// Another process serves this staging database.
+    #[error(
+        "another scim-bridge{} is serving the staging database {staging}; stop it first (it holds {lock})",
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Locked { staging: PathBuf, pid: Option<u32>, lock: PathBuf },
     /// A row that only this program writes cannot be read back: the file was damaged or edited by hand.
     #[error("the staging database holds a corrupt row: {0}")]
     Corrupt(String),
@@ -148,18 +160,48 @@ impl Default for StagingOptions {
     }
 }
 
+/// Opens the staging database, creating it (private to its owner) and bringing its schema up to date.
+fn open_migrated(path: &Path) -> Result<Connection, StagingError> {
+    files::private_file(path)?;
+    let mut conn = open_connection(path)?;
+    migrations::migrate(&mut conn)?;
+    Ok(conn)
+}
+
+/// Switches to WAL. The switch takes an exclusive lock without consulting the busy handler, so a second
+/// process opening the same new file at the same moment gets SQLITE_BUSY at once: retry for as long as the
+/// busy timeout would have waited.
+fn enable_wal(conn: &Connection) -> Result<(), StagingError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn open_connection(path: &Path) -> Result<Connection, StagingError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|source| StagingError::Open { path: path.to_owned(), source })?;
+    // First, so that a second process opening the same new file waits instead of failing on the switch to
+    // WAL below.
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
     // WAL lets readers run beside the writer; synchronous=FULL fsyncs the WAL on every commit, which is
     // what makes "acknowledged" mean "durable" (contract point 1).
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    enable_wal(&conn)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // After a checkpoint, the WAL file is cut back to this size instead of staying at its largest.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     conn.set_prepared_statement_cache_capacity(64);
     // Refuse to run without the durability the contract promises (a filesystem without shared memory
     // support would silently leave WAL off).
@@ -182,17 +224,16 @@ impl Staging {
     /// # Errors
     /// The directory or file cannot be created or opened, or the schema is newer than this build.
     pub fn open(path: &Path, options: StagingOptions) -> Result<Staging, StagingError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StagingError::Dir { path: dir.to_owned(), source })?;
-        }
-        let mut conn = open_connection(path)?;
-        migrations::migrate(&mut conn)?;
+        let conn = open_migrated(path)?;
         let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let max_batch = options.max_batch.max(1);
         let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
         let handle = std::thread::Builder::new()
             .name("staging-writer".into())
-            .spawn(move || writer::run(conn, rx, max_batch, commits_tx))
+            .spawn({
+                let path = path.to_owned();
+                move || writer::run(conn, rx, max_batch, commits_tx, path)
+            })
             .map_err(|e| StagingError::Worker(e.to_string()))?;
         Ok(Staging {
             inner: Arc::new(Inner {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::journal::{Applied, ChangeSeq, Entry, Link, Links, Op, Outcome, ResourceId, ResourceRef, TenantId};
 use super::read::{parse_body, parse_kind};
-use super::{StagingError, open_connection};
+use super::{StagingError, open_connection, open_migrated};
 use crate::scim::schema::Kind;
 
 /// Where a failed entry stands.
@@ -84,6 +84,22 @@ impl Record {
     }
 }
 
+/// Whether a target is reachable, as replay last found it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Health {
+    pub target: String,
+    pub reachable: bool,
+    /// When the present state began (RFC 3339).
+    pub since: String,
+    /// Failed attempts in a row while unreachable.
+    pub failures: i64,
+    pub last_error: Option<String>,
+    /// When the next attempt is due (unix milliseconds), while unreachable.
+    pub next_attempt_ms: Option<i64>,
+    /// When replay last recorded this (RFC 3339).
+    pub checked: String,
+}
+
 #[derive(Clone)]
 pub struct ReplayStore {
     conn: Arc<Mutex<Connection>>,
@@ -123,14 +139,27 @@ fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-type RawEntry = (i64, i64, String, String, String, String, Option<String>, Option<String>, Option<String>, String);
+type RawEntry =
+    (i64, i64, String, String, String, String, Option<String>, Option<String>, Option<String>, String, String);
 
 fn entry_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEntry> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?))
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
 }
 
 fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
-    let (seq, tenant, kind, resource_id, op, request_id, state, added, removed, at) = raw;
+    let (seq, tenant, kind, resource_id, op, request_id, state, added, removed, at, tenant_name) = raw;
     let ids = |column: &str, v: Option<String>| -> Result<Vec<ResourceId>, StagingError> {
         match v {
             None => Ok(Vec::new()),
@@ -142,6 +171,7 @@ fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
     Ok(Entry {
         seq: ChangeSeq(seq),
         tenant: TenantId(tenant),
+        tenant_name,
         kind: parse_kind(&kind)?,
         resource_id: ResourceId(resource_id),
         op: Op::parse(&op).ok_or_else(|| StagingError::Corrupt(format!("journal entry {seq} has the op {op:?}")))?,
@@ -156,14 +186,13 @@ fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
     })
 }
 
-const ENTRY_COLUMNS: &str = "j.seq, j.tenant_id, j.kind, j.resource_id, j.op, j.request_id, j.state, j.members_added, j.members_removed, j.created";
+const ENTRY_COLUMNS: &str = "j.seq, j.tenant_id, j.kind, j.resource_id, j.op, j.request_id, j.state, j.members_added, j.members_removed, j.created, t.name";
 
 impl ReplayStore {
     /// # Errors
     /// The staging database cannot be opened.
     pub fn open(path: &Path) -> Result<ReplayStore, StagingError> {
-        let mut conn = open_connection(path)?;
-        super::migrations::migrate(&mut conn)?;
+        let conn = open_migrated(path)?;
         let owners = open_connection(path)?;
         Ok(ReplayStore { conn: Arc::new(Mutex::new(conn)), owners: Arc::new(Mutex::new(owners)) })
     }
@@ -242,7 +271,9 @@ impl ReplayStore {
     pub fn entry(&self, seq: ChangeSeq) -> Result<Option<Entry>, StagingError> {
         self.with(|c| {
             let raw = c
-                .prepare_cached(&format!("SELECT {ENTRY_COLUMNS} FROM journal j WHERE j.seq = ?1"))?
+                .prepare_cached(&format!(
+                    "SELECT {ENTRY_COLUMNS} FROM journal j JOIN tenants t ON t.id = j.tenant_id WHERE j.seq = ?1"
+                ))?
                 .query_row([seq.0], entry_from_row)
                 .optional()?;
             raw.map(to_entry).transpose()
@@ -362,15 +393,95 @@ impl ReplayStore {
         })
     }
 
-    /// Makes dead letters (all of a target's, or one) due for a new round of attempts. Returns how many.
-    pub fn retry(&self, target: Option<&str>, seq: Option<ChangeSeq>, now_ms: i64) -> Result<usize, StagingError> {
+    /// Makes dead letters (all of a target's, or one) due for a new round of attempts. Returns those queued.
+    pub fn retry(
+        &self,
+        target: Option<&str>,
+        seq: Option<ChangeSeq>,
+        now_ms: i64,
+    ) -> Result<Vec<Failure>, StagingError> {
+        let dead = self.failures(
+            "WHERE f.state = 'dead' AND (?1 IS NULL OR f.target = ?1) AND (?2 IS NULL OR f.seq = ?2) ORDER BY f.target, f.seq",
+            params![target, seq.map(|s| s.0)],
+        )?;
         self.with(|c| {
-            let n = c.execute(
-                "UPDATE replay_failures SET state = 'retry', attempts = 0, next_attempt = ?3, updated = ?4
-                 WHERE state = 'dead' AND (?1 IS NULL OR target = ?1) AND (?2 IS NULL OR seq = ?2)",
-                params![target, seq.map(|s| s.0), now_ms, now()],
+            let tx = c.transaction()?;
+            {
+                let mut queue = tx.prepare_cached(
+                    "UPDATE replay_failures SET state = 'retry', attempts = 0, next_attempt = ?3, updated = ?4
+                     WHERE target = ?1 AND seq = ?2 AND state = 'dead'",
+                )?;
+                let at = now();
+                for f in &dead {
+                    queue.execute(params![f.target, f.seq.0, now_ms, at])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })?;
+        Ok(dead)
+    }
+
+    /// Whether the journal has an entry with this sequence number.
+    pub fn has_entry(&self, seq: ChangeSeq) -> Result<bool, StagingError> {
+        self.with(|c| {
+            Ok(c.query_row("SELECT 1 FROM journal WHERE seq = ?1", [seq.0], |_| Ok(())).optional()?.is_some())
+        })
+    }
+
+    /// Records that a target is reachable, or that an attempt to reach it failed. `since` is kept while
+    /// the state stays the same.
+    pub fn record_health(
+        &self,
+        target: &str,
+        reachable: bool,
+        error: Option<&str>,
+        next_attempt_ms: Option<i64>,
+    ) -> Result<(), StagingError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO target_health (target, reachable, since, failures, last_error, next_attempt, checked)
+                 VALUES (?1, ?2, ?5, CASE WHEN ?2 THEN 0 ELSE 1 END, ?3, ?4, ?5)
+                 ON CONFLICT (target) DO UPDATE SET
+                    since = CASE WHEN reachable = excluded.reachable THEN since ELSE excluded.since END,
+                    failures = CASE WHEN excluded.reachable THEN 0 ELSE failures * (1 - reachable) + 1 END,
+                    last_error = COALESCE(excluded.last_error, last_error),
+                    next_attempt = excluded.next_attempt, reachable = excluded.reachable, checked = excluded.checked",
+                params![target, reachable, error, next_attempt_ms, now()],
             )?;
-            Ok(n)
+            Ok(())
+        })
+    }
+
+    /// The recorded health of every target.
+    pub fn health(&self) -> Result<Vec<Health>, StagingError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT target, reachable, since, failures, last_error, next_attempt, checked FROM target_health ORDER BY target",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(Health {
+                    target: r.get(0)?,
+                    reachable: r.get(1)?,
+                    since: r.get(2)?,
+                    failures: r.get(3)?,
+                    last_error: r.get(4)?,
+                    next_attempt_ms: r.get(5)?,
+                    checked: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Journal entries per tenant name (tenants without any included).
+    pub fn changes_per_tenant(&self) -> Result<Vec<(String, i64)>, StagingError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT t.name, (SELECT COUNT(*) FROM journal j WHERE j.tenant_id = t.id) FROM tenants t ORDER BY t.name",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Staging, StagingError, TenantId, migrations, open_connection};
+use super::{Staging, StagingError, TenantId, open_migrated};
 use crate::scim::error::ScimError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,11 +53,7 @@ fn now() -> String {
 /// Invalid tenant name, the database cannot be opened, or no randomness is available.
 pub fn rotate_token(path: &Path, name: &str) -> Result<(Tenant, String), StagingError> {
     validate_tenant_name(name).map_err(|e| StagingError::Rejected(ScimError::invalid_value(e)))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StagingError::Dir { path: dir.to_owned(), source })?;
-    }
-    let mut conn = open_connection(path)?;
-    migrations::migrate(&mut conn)?;
+    let mut conn = open_migrated(path)?;
     let token = generate_token().map_err(|e| StagingError::Worker(format!("no randomness available: {e}")))?;
     let hash = hash_token(&token);
     let tx = conn.transaction()?;
@@ -77,11 +73,7 @@ pub fn rotate_token(path: &Path, name: &str) -> Result<(Tenant, String), Staging
 /// # Errors
 /// The database cannot be opened.
 pub fn tenant_names(path: &Path) -> Result<Vec<String>, StagingError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StagingError::Dir { path: dir.to_owned(), source })?;
-    }
-    let mut conn = open_connection(path)?;
-    migrations::migrate(&mut conn)?;
+    let conn = open_migrated(path)?;
     Ok(list_tenants(&conn)?.into_iter().map(|t| t.name).collect())
 }
 

@@ -15,12 +15,24 @@ use crate::scim::error::ScimError;
 use crate::scim::schema::Kind;
 use crate::scim::{self, patch};
 
+/// The WAL is checkpointed and truncated when it grows past this. SQLite checkpoints on its own every 1,000
+/// pages, but a checkpoint cannot reset the log while readers (list queries, replay) keep old snapshots
+/// open, so under steady load the file can grow without bound.
+const WAL_LIMIT: u64 = 64 * 1024 * 1024;
+/// Batches between looks at the WAL's size.
+const WAL_CHECK_EVERY: u32 = 64;
+
 pub(super) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriterMsg>,
     max_batch: usize,
     commits: tokio::sync::watch::Sender<u64>,
+    path: std::path::PathBuf,
 ) {
+    let mut wal = path.into_os_string();
+    wal.push("-wal");
+    let wal = std::path::PathBuf::from(wal);
+    let mut since_wal_check = 0u32;
     let mut stopping = false;
     while !stopping {
         let mut batch = match rx.blocking_recv() {
@@ -40,8 +52,37 @@ pub(super) fn run(
         }
         commit_batch(&mut conn, batch);
         commits.send_modify(|n| *n = n.wrapping_add(1));
+        since_wal_check += 1;
+        if since_wal_check >= WAL_CHECK_EVERY {
+            since_wal_check = 0;
+            bound_wal(&conn, &wal);
+        }
     }
     tracing::debug!("staging writer stopped");
+}
+
+fn bound_wal(conn: &Connection, wal: &std::path::Path) {
+    let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
+    if size <= WAL_LIMIT {
+        return;
+    }
+    // (busy, log frames, checkpointed frames): busy means a reader kept the log from being reset this time.
+    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))) {
+        Ok((busy, frames)) => {
+            tracing::info!(wal_bytes = size, frames, truncated = busy == 0, "staging WAL checkpointed")
+        }
+        Err(e) => tracing::warn!(wal_bytes = size, error = %e, "staging WAL checkpoint failed"),
+    }
+}
+
+/// A failure of the storage itself rather than of the change: nothing can be committed until an operator
+/// frees space or makes the file system writable, so clients are asked to retry (503).
+fn storage_failure(e: &StagingError) -> bool {
+    use rusqlite::ErrorCode as C;
+    matches!(e, StagingError::Db(db) if matches!(
+        db.sqlite_error_code(),
+        Some(C::DiskFull | C::ReadOnly | C::SystemIoFailure | C::CannotOpen | C::DatabaseBusy | C::DatabaseLocked)
+    ))
 }
 
 fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
@@ -79,11 +120,17 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
             }
         }
         Err(e) => {
-            // Nothing of this batch was committed, so nothing was acknowledged: clients see a 500 and retry.
-            tracing::error!(error = %e, changes = batch.len(), "staging commit failed; batch rolled back");
+            // Nothing of this batch was committed, so nothing was acknowledged: clients are told to retry.
+            let unavailable = storage_failure(&e);
+            tracing::error!(error = %e, changes = batch.len(), storage_unavailable = unavailable, "staging commit failed; batch rolled back");
             let msg = e.to_string();
             for req in batch {
-                let _ = req.reply.send(Err(StagingError::Commit(msg.clone())));
+                let err = if unavailable {
+                    StagingError::Unavailable(msg.clone())
+                } else {
+                    StagingError::Commit(msg.clone())
+                };
+                let _ = req.reply.send(Err(err));
             }
         }
     }
@@ -151,22 +198,29 @@ struct Current {
     doc: Map<String, Value>,
     version: i64,
     created: String,
+    last_modified: String,
 }
 
 fn load(conn: &Connection, tenant: TenantId, kind: Kind, id: &str) -> Result<Current, StagingError> {
     let row = conn
         .prepare_cached(
-            "SELECT seq, body, version, created FROM resources WHERE tenant_id = ?1 AND kind = ?2 AND id = ?3",
+            "SELECT seq, body, version, created, last_modified FROM resources WHERE tenant_id = ?1 AND kind = ?2 AND id = ?3",
         )?
         .query_row(params![tenant.0, kind.as_str(), id], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+            ))
         })
         .optional()?;
-    let Some((seq, body, version, created)) = row else {
+    let Some((seq, body, version, created, last_modified)) = row else {
         return Err(ScimError::not_found(kind.as_str(), id).into());
     };
     let doc = super::read::parse_body(&body)?;
-    Ok(Current { seq, doc, version, created })
+    Ok(Current { seq, doc, version, created, last_modified })
 }
 
 /// `If-Match` (RFC 7644 §3.14, RFC 7232 §3.1): `*`, or a list of (weak or strong) tags.
@@ -362,7 +416,7 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
                 )?;
             }
             let seq = journal(conn, req, *kind, id, Op::Delete, &cur.doc, &[], &[], cur.version + 1, &at)?;
-            Ok(Committed { seq, resource: None })
+            Ok(Committed { seq: Some(seq), resource: None })
         }
     }
 }
@@ -405,7 +459,7 @@ fn create(
     let change = journal(conn, req, kind, &id, Op::Create, &doc, &added, &[], 1, &at)?;
     let members = (kind == Kind::Group).then(|| members.into_iter().map(|(_, m)| m).collect());
     Ok(Committed {
-        seq: change,
+        seq: Some(change),
         resource: Some(Stored { kind, id, doc, members, version: 1, created: at.clone(), last_modified: at }),
     })
 }
@@ -503,6 +557,23 @@ fn update(
         members_out = Some(wanted.into_iter().map(|(_, m)| m).collect());
     }
     doc.remove("members");
+    if doc == cur.doc && added.is_empty() && removed.is_empty() {
+        // A change that changes nothing (a PUT of the same document, a PATCH that replaces a value with
+        // itself or names an attribute this service ignores) is answered with the resource as it is: no
+        // journal entry, no new version, nothing for replay to do.
+        return Ok(Committed {
+            seq: None,
+            resource: Some(Stored {
+                kind,
+                id: id.to_owned(),
+                doc,
+                members: members_out,
+                version: cur.version,
+                created: cur.created,
+                last_modified: cur.last_modified,
+            }),
+        });
+    }
     let version = cur.version + 1;
     let at = now();
     conn.prepare_cached(
@@ -524,7 +595,7 @@ fn update(
     }
     let seq = journal(conn, req, kind, id, op, &doc, &added, &removed, version, &at)?;
     Ok(Committed {
-        seq,
+        seq: Some(seq),
         resource: Some(Stored {
             kind,
             id: id.to_owned(),

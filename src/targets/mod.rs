@@ -148,6 +148,18 @@ impl Target {
         }
     }
 
+    /// Whether the target answers now: a cheap round trip, made while replay is idle so that an outage is
+    /// seen (and reported) before a change needs the target.
+    ///
+    /// # Errors
+    /// Why the target cannot be reached.
+    pub async fn ping(&self) -> Result<(), TargetError> {
+        match self {
+            Target::Sql(t) => t.ping().await,
+            Target::Ldap(t) => t.check().await,
+        }
+    }
+
     /// How many batches may be applied at once.
     pub fn parallelism(&self) -> usize {
         match self {

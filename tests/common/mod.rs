@@ -2,6 +2,9 @@
 //! HTTP client.
 #![allow(dead_code)]
 
+pub mod bin;
+pub mod db;
+pub mod proxy;
 pub mod slapd;
 
 use std::path::PathBuf;

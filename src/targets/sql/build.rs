@@ -185,6 +185,7 @@ impl SqlTarget {
             statements,
             types: OnceCell::new(),
             max_connections: cfg.max_connections.max(1) as usize,
+            timeout: Duration::from_secs(cfg.timeout_seconds),
         })
     }
 }

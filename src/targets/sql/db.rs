@@ -176,31 +176,68 @@ impl Db {
         Ok((Db::Any(pool), dialect))
     }
 
+    /// Where the database is, for messages: `host:port`, or the SQLite file.
+    pub fn endpoint(&self) -> String {
+        match self {
+            Db::Any(pool) => {
+                let url = &pool.connect_options().database_url;
+                let default = if url.scheme().starts_with("postgres") { 5432 } else { 3306 };
+                format!("{}:{}", url.host_str().unwrap_or("localhost"), url.port().unwrap_or(default))
+            }
+            Db::Sqlite(_, path) => path.display().to_string(),
+        }
+    }
+
+    /// Connects once, outside the pool, so that a database that cannot be reached is reported at once and
+    /// with the driver's own reason (connection refused, unknown host, authentication) instead of a pool
+    /// timeout.
+    ///
+    /// # Errors
+    /// Transient, naming `host:port` and the reason.
+    pub async fn connect_once(&self, timeout: Duration) -> Result<(), TargetError> {
+        let pool = match self {
+            Db::Any(pool) => pool,
+            Db::Sqlite(conn, path) => {
+                let mut tx = begin_sqlite(conn, path).await?;
+                tx.query("SELECT 1", &[]).await?;
+                tx.rollback().await;
+                return Ok(());
+            }
+        };
+        let options = pool.connect_options();
+        let endpoint = self.endpoint();
+        match tokio::time::timeout(timeout, sqlx::ConnectOptions::connect(&*options)).await {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(TargetError::transient_from(format!("cannot connect to the database at {endpoint}"), e)),
+            Err(_) => Err(TargetError::transient(format!(
+                "the database at {endpoint} did not answer within {} s",
+                timeout.as_secs()
+            ))),
+        }
+    }
+
     /// Starts a transaction.
     pub async fn begin(&self) -> Result<Tx, TargetError> {
         match self {
             Db::Any(pool) => {
                 let pg = pool.connect_options().database_url.scheme().starts_with("postgres");
-                Ok(Tx::Any(Some(pool.begin().await.map_err(classify_sqlx)?), pg))
-            }
-            Db::Sqlite(conn, path) => {
-                let mut guard = conn.clone().lock_owned().await;
-                if guard.is_none() {
-                    let c = blocking(|| {
-                        rusqlite::Connection::open_with_flags(
-                            path,
-                            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                        )
-                    })
-                    .map_err(|e| TargetError::transient_from(format!("cannot open {}", path.display()), e))?;
-                    c.busy_timeout(Duration::from_secs(5)).map_err(classify_sqlite)?;
-                    *guard = Some(c);
+                match pool.begin().await {
+                    Ok(tx) => Ok(Tx::Any(Some(tx), pg)),
+                    // The pool only says it waited in vain; a direct attempt says why.
+                    Err(sqlx::Error::PoolTimedOut) => match self.connect_once(Duration::from_secs(5)).await {
+                        Err(e) => Err(e),
+                        Ok(()) => Err(TargetError::transient(format!(
+                            "no free connection to the database at {} (all in use)",
+                            self.endpoint()
+                        ))),
+                    },
+                    Err(e) => Err(classify_sqlx(e)),
                 }
-                let mut tx = SqliteTx { guard, open: false };
-                tx.run(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(classify_sqlite)?;
-                tx.open = true;
-                Ok(Tx::Sqlite(tx))
             }
+            Db::Sqlite(conn, path) => begin_sqlite(conn, path).await,
         }
     }
 
@@ -239,6 +276,28 @@ impl Db {
             })
             .collect())
     }
+}
+
+async fn begin_sqlite(
+    conn: &Arc<Mutex<Option<rusqlite::Connection>>>,
+    path: &std::path::Path,
+) -> Result<Tx, TargetError> {
+    let mut guard = conn.clone().lock_owned().await;
+    if guard.is_none() {
+        let c = blocking(|| {
+            rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+        })
+        .map_err(|e| TargetError::transient_from(format!("cannot open {}", path.display()), e))?;
+        c.busy_timeout(Duration::from_secs(5)).map_err(classify_sqlite)?;
+        *guard = Some(c);
+    }
+    let mut tx = SqliteTx { guard, open: false };
+    tx.run(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(classify_sqlite)?;
+    tx.open = true;
+    Ok(Tx::Sqlite(tx))
 }
 
 /// Runs blocking SQLite work without stalling other tasks on a multi-threaded runtime.
@@ -429,7 +488,7 @@ fn classify_sqlx(e: sqlx::Error) -> TargetError {
     use sqlx::Error as E;
     match &e {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
-            TargetError::transient_from("the database cannot be reached", e)
+            TargetError::transient_from("the connection to the database failed", e)
         }
         E::Database(db) => {
             let code = db.code().map(|c| c.into_owned()).unwrap_or_default();

@@ -83,6 +83,8 @@ pub struct SqlTarget {
     statements: CustomStatements,
     types: OnceCell<Types>,
     max_connections: usize,
+    /// How long to wait for the database before counting it as unreachable.
+    timeout: std::time::Duration,
 }
 
 /// One entry to apply, with the link replay knows for its resource.
@@ -117,7 +119,19 @@ impl SqlTarget {
     /// Transient: the database is unreachable, or its tables do not match the configuration (an operator
     /// must fix one or the other; nothing is dead-lettered meanwhile).
     pub async fn check(&self) -> Result<(), TargetError> {
+        self.db.connect_once(self.timeout).await?;
         self.types().await.map(|_| ())
+    }
+
+    /// Whether the database answers now (a `SELECT 1` through the pool).
+    ///
+    /// # Errors
+    /// Transient, saying why the database cannot be reached.
+    pub async fn ping(&self) -> Result<(), TargetError> {
+        let mut tx = self.db.begin().await?;
+        tx.query("SELECT 1", &[]).await?;
+        tx.rollback().await;
+        Ok(())
     }
 
     /// The (table, [(column, config key)]) pairs the configuration names.

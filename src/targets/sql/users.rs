@@ -338,6 +338,7 @@ fn placeholder_entry(scim_id: &ResourceId) -> Entry {
     Entry {
         seq: ChangeSeq(0),
         tenant: TenantId(0),
+        tenant_name: String::new(),
         kind: Kind::User,
         resource_id: scim_id.clone(),
         op: Op::Create,
