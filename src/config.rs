@@ -53,6 +53,8 @@ pub struct TenantConfig {
     /// Names of the targets its changes are replayed into.
     #[serde(default)]
     pub targets: Vec<String>,
+    /// Overrides `server.strict` for this tenant.
+    pub strict: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::config::{Config, ConfigError, TargetConfig};
 use crate::http::ScimSettings;
 use crate::replay::{self, Binding, ReplaySettings};
+use crate::scim::Rules;
 use crate::staging::replay_state::ReplayStore;
 use crate::staging::{DaemonLock, Staging, StagingError, StagingOptions};
 use crate::targets::Target;
@@ -60,9 +61,17 @@ pub fn bindings(config: &Config) -> Result<Vec<Binding>, ConfigError> {
         .collect()
 }
 
-/// The SCIM endpoint's settings from `[server]`.
-pub fn scim_settings(config: &Config) -> ScimSettings {
-    (&config.server).into()
+/// The SCIM endpoint's settings from `[server]`, with each configured tenant's rules: strict per
+/// `server.strict` (or the tenant's own `strict`), and the match-email rule where a bound target links
+/// accounts by email.
+pub fn scim_settings(config: &Config, bindings: &[Binding]) -> ScimSettings {
+    let mut settings = ScimSettings::from(&config.server);
+    for t in &config.tenants {
+        let require_match_email = bindings.iter().any(|b| b.tenants.contains(&t.name) && b.target.matches_by_email());
+        let strict = t.strict.unwrap_or(config.server.strict);
+        settings.rules.tenants.insert(t.name.clone(), Rules { strict, require_match_email });
+    }
+    settings
 }
 
 /// Takes the staging database for this process (see [`DaemonLock`]) and runs the daemon until `shutdown`
@@ -96,13 +105,14 @@ pub async fn run_locked(
     // second provider, which would otherwise make rustls panic on first use.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let bindings = bindings(config)?;
+    let settings_scim = scim_settings(config, &bindings);
     let staging = Staging::open(&config.staging.path, StagingOptions { max_batch: config.staging.max_batch })?;
     let store = ReplayStore::open(&config.staging.path)?;
     let (stop_replay, replay_stopping) = tokio::sync::watch::channel(false);
     let settings = ReplaySettings::from(&config.replay);
     let workers = replay::spawn(bindings, store, settings, staging.commits(), replay_stopping);
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-    let served = crate::http::serve(listener, staging, scim_settings(config), grace, shutdown).await;
+    let served = crate::http::serve(listener, staging, settings_scim, grace, shutdown).await;
     let _ = stop_replay.send(true);
     for w in workers {
         if tokio::time::timeout(grace, w).await.is_err() {

@@ -42,7 +42,21 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
         Some(pid) => println!("daemon: running (pid {pid}); journal head {head}"),
         None => println!("daemon: not running (target states below are as it last saw them); journal head {head}"),
     }
+    let pending = store.pending_members()?;
     for (tenant, changes) in store.changes_per_tenant()? {
+        let waiting: Vec<String> = pending
+            .iter()
+            .filter(|p| p.tenant == tenant)
+            .map(|p| format!("{} in {:?}", p.member_id, p.group))
+            .collect();
+        if !waiting.is_empty() {
+            let shown = waiting.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+            let more = if waiting.len() > 5 { format!(" and {} more", waiting.len() - 5) } else { String::new() };
+            println!(
+                "tenant {tenant}: {} pending group membership(s), ids that are not users or groups of this tenant: {shown}{more}",
+                waiting.len()
+            );
+        }
         let targets = config.targets_of(&tenant);
         if targets.is_empty() {
             println!(

@@ -47,6 +47,7 @@ async fn check(state: AppState, mut req: Request, next: Next, request_id: &str) 
         Err(e) => return internal(request_id, e).into_response(),
     };
     tracing::debug!(tenant = %tenant.name, request_id, method = %req.method(), path = %req.uri().path(), "request");
-    req.extensions_mut().insert(Ctx { tenant, request_id: request_id.to_owned() });
+    let rules = state.settings.rules.of(&tenant.name);
+    req.extensions_mut().insert(Ctx { tenant, request_id: request_id.to_owned(), rules });
     next.run(req).await
 }

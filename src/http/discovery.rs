@@ -5,7 +5,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::{AppState, base_url, scim_response};
+use super::{AppState, Ctx, base_url, scim_response};
+use crate::scim::Rules;
 use crate::scim::error::ScimError;
 use crate::scim::schema::{self, Kind};
 
@@ -19,7 +20,7 @@ pub(super) async fn service_provider_config(State(state): State<AppState>, heade
             "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
             "filter": {"supported": true, "maxResults": state.settings.max_page_size},
             "changePassword": {"supported": false},
-            "sort": {"supported": false},
+            "sort": {"supported": true},
             "etag": {"supported": true},
             "authenticationSchemes": [{
                 "type": "oauthbearertoken",
@@ -76,10 +77,26 @@ pub(super) async fn resource_type(
     }
 }
 
-fn all_schemas(base: &str) -> Vec<Value> {
+/// What a user needs when the tenant's target links accounts by email, said where a client looks.
+const MATCH_EMAIL_RULE: &str = "This tenant's target links existing accounts by email: a user needs a userName that is an \
+email address, or at least one email address (the primary, else the work one, else the first is used).";
+
+fn all_schemas(base: &str, rules: Rules) -> Vec<Value> {
     let loc = |id: &str| format!("{base}/Schemas/{id}");
+    let mut user =
+        schema::schema_json(schema::USER_SCHEMA, "User", "User Account", schema::USER_ATTRS, &loc(schema::USER_SCHEMA));
+    if rules.require_match_email {
+        // The rule is "one of two", which `required` cannot say: both attributes describe it.
+        if let Some(attrs) = user["attributes"].as_array_mut() {
+            for a in attrs.iter_mut().filter(|a| a["name"] == "userName" || a["name"] == "emails") {
+                let d = a["description"].as_str().unwrap_or_default().to_owned();
+                a["description"] = Value::String(format!("{d} {MATCH_EMAIL_RULE}"));
+            }
+        }
+        user["description"] = Value::String(format!("User Account. {MATCH_EMAIL_RULE}"));
+    }
     vec![
-        schema::schema_json(schema::USER_SCHEMA, "User", "User Account", schema::USER_ATTRS, &loc(schema::USER_SCHEMA)),
+        user,
         schema::schema_json(
             schema::ENTERPRISE_SCHEMA,
             "EnterpriseUser",
@@ -91,16 +108,21 @@ fn all_schemas(base: &str) -> Vec<Value> {
     ]
 }
 
-pub(super) async fn schemas(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    list_of(all_schemas(&base_url(&state.settings, &headers)))
+pub(super) async fn schemas(
+    State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    headers: HeaderMap,
+) -> Response {
+    list_of(all_schemas(&base_url(&state.settings, &headers), ctx.rules))
 }
 
 pub(super) async fn schema_by_id(
     State(state): State<AppState>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let all = all_schemas(&base_url(&state.settings, &headers));
+    let all = all_schemas(&base_url(&state.settings, &headers), ctx.rules);
     match all.into_iter().find(|s| s["id"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&id))) {
         Some(s) => scim_response(StatusCode::OK, Some(s)),
         None => ScimError::not_found("Schema", &id).into_response(),

@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::error::internal;
 use super::render::render;
@@ -16,15 +16,17 @@ use crate::scim::error::{ScimError, Status};
 use crate::scim::filter;
 use crate::scim::projection::Projection;
 use crate::scim::schema::{self, Kind};
-use crate::scim::{SCIM_CONTENT_TYPE, check_filter, patch, validate};
+use crate::scim::{SCIM_CONTENT_TYPE, patch, validate};
 use crate::staging::{Change, Committed, Stored};
 
 pub(super) fn collection(kind: Kind) -> MethodRouter<AppState> {
-    get(move |s: State<AppState>, c: axum::Extension<Ctx>, q: QueryParams, h: HeaderMap| list(s, c, q, h, kind))
-        .post(move |s: State<AppState>, c: axum::Extension<Ctx>, q: QueryParams, h: HeaderMap, b: Body| {
-            create(s, c, q, h, b, kind)
-        })
-        .fallback(|| async { ScimError::method_not_allowed("use GET or POST on a resource collection") })
+    get(move |s: State<AppState>, c: axum::Extension<Ctx>, q: QueryParams, h: HeaderMap| {
+        super::search::list(s, c, q, h, kind)
+    })
+    .post(move |s: State<AppState>, c: axum::Extension<Ctx>, q: QueryParams, h: HeaderMap, b: Body| {
+        create(s, c, q, h, b, kind)
+    })
+    .fallback(|| async { ScimError::method_not_allowed("use GET or POST on a resource collection") })
 }
 
 pub(super) fn item(kind: Kind) -> MethodRouter<AppState> {
@@ -45,7 +47,7 @@ pub(super) fn item(kind: Kind) -> MethodRouter<AppState> {
 
 /// The query string's parameters, percent-decoded strictly: a value that is not UTF-8 once decoded is a
 /// 400 naming the parameter (`invalidFilter` for a filter), never a silently mangled search.
-pub(super) struct QueryParams(Vec<(String, String)>);
+pub(super) struct QueryParams(pub(super) Vec<(String, String)>);
 
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ScimError;
@@ -79,7 +81,7 @@ fn parse_query(raw: &str) -> Result<Vec<(String, String)>, ScimError> {
 }
 
 /// A client's text quoted in an error, cut to a readable length: the client sent it and has it whole.
-fn quote(text: &str) -> String {
+pub(super) fn quote(text: &str) -> String {
     const MOST: usize = 200;
     match text.char_indices().nth(MOST) {
         None => format!("{text:?}"),
@@ -89,7 +91,7 @@ fn quote(text: &str) -> String {
 
 /// Reads a JSON body within the size limit. `application/scim+json` and `application/json` are accepted
 /// (Okta sends the latter); a missing content type is tolerated.
-async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ScimError> {
+pub(super) async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ScimError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         if mime != SCIM_CONTENT_TYPE && mime != "application/json" {
@@ -121,56 +123,6 @@ async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Valu
 
 fn if_match(headers: &HeaderMap) -> Option<String> {
     headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned)
-}
-
-pub(super) async fn list(
-    State(state): State<AppState>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
-    QueryParams(q): QueryParams,
-    headers: HeaderMap,
-    kind: Kind,
-) -> Result<Response, ScimError> {
-    let settings = &state.settings;
-    let filter = match param(&q, "filter").map(str::trim).filter(|f| !f.is_empty()) {
-        None => None,
-        Some(text) => {
-            let f = filter::parse_filter(text)
-                .map_err(|e| ScimError::invalid_filter(format!("invalid filter {}: {e}", quote(text))))?;
-            check_filter(kind, &f)?;
-            Some(f)
-        }
-    };
-    let number = |name: &str| -> Result<Option<i64>, ScimError> {
-        param(&q, name)
-            .map(|v| {
-                v.trim()
-                    .parse::<i64>()
-                    .map_err(|_| ScimError::invalid_value(format!("{name} must be an integer, got {v:?}")))
-            })
-            .transpose()
-    };
-    // RFC 7644 §3.4.2.4: startIndex below 1 is read as 1, a negative count as 0.
-    let start = number("startIndex")?.unwrap_or(1).max(1) as usize;
-    let count =
-        number("count")?.map(|c| c.max(0) as usize).unwrap_or(settings.default_page_size).min(settings.max_page_size);
-    let projection = projection(kind, &q)?;
-    let with_members = kind == Kind::Group && projection.wants("members");
-    let page = state
-        .staging
-        .list(ctx.tenant.id, kind, filter, start, count, with_members)
-        .await
-        .map_err(|e| internal(&ctx.request_id, e))?;
-    let base = base_url(settings, &headers);
-    let resources: Vec<Value> =
-        page.resources.iter().map(|s| Value::Object(projection.apply(render(s, &base)))).collect();
-    let body = json!({
-        "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
-        "totalResults": page.total,
-        "startIndex": start,
-        "itemsPerPage": resources.len(),
-        "Resources": resources,
-    });
-    Ok(scim_response(StatusCode::OK, Some(body)))
 }
 
 fn projection(kind: Kind, q: &[(String, String)]) -> Result<Projection, ScimError> {
@@ -205,7 +157,7 @@ async fn stage(state: &AppState, ctx: &Ctx, change: Change) -> Result<Committed,
     };
     let committed = state
         .staging
-        .write(ctx.tenant.id, &ctx.request_id, state.settings.strict, change)
+        .write(ctx.tenant.id, &ctx.request_id, ctx.rules, change)
         .await
         .map_err(|e| internal(&ctx.request_id, e))?;
     let id = committed.resource.as_ref().map(|r| r.id.clone()).or(named).unwrap_or_default();
@@ -231,11 +183,11 @@ async fn stage(state: &AppState, ctx: &Ctx, change: Change) -> Result<Committed,
     Ok(committed)
 }
 
-fn normalized(kind: Kind, body: &Value, strict: bool) -> Result<Map<String, Value>, ScimError> {
-    let Value::Object(doc) = schema::normalize_resource(kind, body, strict)? else {
+fn normalized(kind: Kind, body: &Value, rules: crate::scim::Rules) -> Result<Map<String, Value>, ScimError> {
+    let Value::Object(doc) = schema::normalize_resource(kind, body, rules.strict)? else {
         return Err(ScimError::invalid_syntax("the request body must be a JSON object"));
     };
-    validate(kind, &doc)?;
+    validate(kind, &doc, rules)?;
     Ok(doc)
 }
 
@@ -251,7 +203,7 @@ pub(super) async fn create(
     // Everything that can refuse the request is checked before the change is committed.
     let projection = projection(kind, &q)?;
     let body = read_json(&headers, body, settings.max_body_bytes).await?;
-    let doc = normalized(kind, &body, settings.strict)?;
+    let doc = normalized(kind, &body, ctx.rules)?;
     let stored = stage(&state, &ctx, Change::Create { kind, doc }).await?.resource.ok_or_else(ScimError::internal)?;
     respond(StatusCode::CREATED, &stored, &projection, &headers, settings)
 }
@@ -292,7 +244,7 @@ pub(super) async fn replace(
     {
         return Err(ScimError::mutability(format!("the body's id {body_id:?} differs from the URL's {id:?}")));
     }
-    let doc = normalized(kind, &body, settings.strict)?;
+    let doc = normalized(kind, &body, ctx.rules)?;
     let change = Change::Replace { kind, id, doc, if_match: if_match(&headers) };
     let stored = stage(&state, &ctx, change).await?.resource.ok_or_else(ScimError::internal)?;
     respond(StatusCode::OK, &stored, &projection, &headers, settings)

@@ -116,7 +116,7 @@ impl Harness {
     async fn create(&self, user: &str) -> (ResourceId, ChangeSeq) {
         let user_name = format!("{user}@example.com");
         let change = Change::Create { kind: Kind::User, doc: doc(json!({"userName": user_name, "title": "t0"})) };
-        let c = self.staging.write(self.tenant, "req", false, change).await.unwrap();
+        let c = self.staging.write(self.tenant, "req", Default::default(), change).await.unwrap();
         (ResourceId(c.resource.unwrap().id), c.seq.unwrap())
     }
 
@@ -127,7 +127,7 @@ impl Harness {
         }))
         .unwrap();
         let change = Change::Patch { kind: Kind::User, id: id.0.clone(), ops, if_match: None };
-        self.staging.write(self.tenant, "req", false, change).await.unwrap().seq.unwrap()
+        self.staging.write(self.tenant, "req", Default::default(), change).await.unwrap().seq.unwrap()
     }
 
     fn failures(&self) -> Vec<(String, ChangeSeq, FailureState)> {

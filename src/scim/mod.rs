@@ -15,22 +15,34 @@ use schema::Kind;
 
 pub const SCIM_CONTENT_TYPE: &str = "application/scim+json";
 
+/// What a tenant's requests are held to, beyond RFC 7643's minimum. It depends on the targets the tenant
+/// is bound to (contract point 2: a target's own needs count only for the tenants bound to it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Refuse unknown attributes, and references (group members, manager) to ids that are not resources
+    /// of the tenant, instead of ignoring or keeping them aside.
+    pub strict: bool,
+    /// A user needs a match email (a userName that is an address, or an email): a target bound to the tenant
+    /// links existing accounts by email (Tribe CRM's rule).
+    pub require_match_email: bool,
+}
+
 /// Checks what can be known about a resource at request time (contract point 2), so that a bad request is
 /// answered with a 400 the IdP shows in its provisioning log instead of failing later downstream.
 ///
 /// # Errors
 /// `invalidValue` naming the missing or unusable attribute.
-pub fn validate(kind: Kind, doc: &Map<String, Value>) -> Result<(), ScimError> {
+pub fn validate(kind: Kind, doc: &Map<String, Value>, rules: Rules) -> Result<(), ScimError> {
     match kind {
         Kind::User => {
             let user_name = doc.get("userName").and_then(Value::as_str).unwrap_or_default();
             if user_name.trim().is_empty() {
                 return Err(ScimError::invalid_value("userName is required"));
             }
-            if crate::matching::match_email(doc).is_none() {
+            if rules.require_match_email && crate::matching::match_email(doc).is_none() {
                 return Err(ScimError::invalid_value(format!(
                     "userName {user_name:?} is not an email address and the user has no email address: \
-                     one of them is needed to match the user to an account downstream"
+                     this tenant's target links accounts by email, so one of them is needed"
                 )));
             }
         }

@@ -75,9 +75,10 @@ fn parse_op(i: usize, op: &Value) -> Result<PatchOp, ScimError> {
     let mut value = filter::get_ci(op, "value").cloned();
     // A path that is a whole extension schema (`urn:…:enterprise:2.0:User`) addresses its attributes; it is
     // the same as a path-less operation whose value is keyed by that URN.
-    if let Some(urn) = raw_path.as_deref().filter(|p| p.eq_ignore_ascii_case(schema::ENTERPRISE_SCHEMA)) {
+    if raw_path.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(schema::ENTERPRISE_SCHEMA)) {
         if kind == OpKind::Remove {
-            return Err(ScimError::invalid_path(format!("operation {i}: remove the attributes of {urn} one by one")));
+            // Removes every attribute of the extension (applied by `apply_op`, which sees no path).
+            return Ok(PatchOp { op: kind, path: None, raw_path, value: None });
         }
         let mut wrapped = Map::new();
         wrapped.insert(schema::ENTERPRISE_SCHEMA.to_owned(), value.take().unwrap_or(Value::Null));
@@ -177,6 +178,14 @@ fn apply_op(kind: Kind, doc: &mut Map<String, Value>, op: &PatchOp, strict: bool
     let value = op.value.as_ref().unwrap_or(&Value::Null);
     let Some(path) = &op.path else {
         if op.op == OpKind::Remove {
+            if let Some((urn, _)) = kind
+                .extensions()
+                .iter()
+                .find(|(urn, _)| op.raw_path.as_deref().is_some_and(|p| p.eq_ignore_ascii_case(urn)))
+            {
+                doc.remove(*urn);
+                return Ok(());
+            }
             // RFC 7644 §3.5.2.2: remove without a path fails with noTarget.
             return Err(ScimError::no_target("remove requires a path"));
         }
@@ -652,6 +661,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d[ENTERPRISE_SCHEMA]["department"], json!("Ops"));
+    }
+
+    #[test]
+    fn remove_a_whole_extension() {
+        let d = run(
+            Kind::User,
+            json!({"userName": "a", ENTERPRISE_SCHEMA: {"department": "Ops", "manager": {"value": "m"}}}),
+            ops(json!([{"op": "remove", "path": "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"}])),
+        )
+        .unwrap();
+        assert_eq!(d, json!({"userName": "a"}));
+        let e =
+            run(Kind::Group, json!({"displayName": "g"}), ops(json!([{"op": "remove", "path": ENTERPRISE_SCHEMA}])));
+        assert!(e.is_err(), "groups have no enterprise extension");
     }
 
     #[test]

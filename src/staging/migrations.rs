@@ -136,6 +136,44 @@ const MIGRATIONS: &[&str] = &[
         checked      TEXT NOT NULL
     );
     "#,
+    // 6: pending group members: ids a group names that are not (yet) resources of its tenant.
+    r#"
+    CREATE TABLE pending_members (
+        group_seq INTEGER NOT NULL REFERENCES resources(seq) ON DELETE CASCADE,
+        tenant_id INTEGER NOT NULL,
+        member_id TEXT NOT NULL,
+        since     TEXT NOT NULL,
+        PRIMARY KEY (group_seq, member_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX pending_members_id ON pending_members(tenant_id, member_id);
+    "#,
+    // 7: every list shape answered from an index (see staging/query.rs): creation order per tenant and kind
+    // (the rowid within resources_order), sort orders, covering email lookups; and a counter per tenant and
+    // kind, kept by triggers in the same transaction, so that totalResults needs no COUNT.
+    r#"
+    CREATE INDEX resources_order ON resources(tenant_id, kind);
+    DROP INDEX resources_display;
+    CREATE INDEX resources_display ON resources(tenant_id, kind, display_key);
+    DROP INDEX resources_external;
+    CREATE INDEX resources_external ON resources(tenant_id, kind, external_id);
+    CREATE INDEX resources_modified ON resources(tenant_id, kind, last_modified);
+    DROP INDEX resource_emails_lookup;
+    CREATE INDEX resource_emails_lookup ON resource_emails(tenant_id, email, resource_seq);
+    CREATE TABLE resource_counts (
+        tenant_id INTEGER NOT NULL,
+        kind      TEXT NOT NULL,
+        count     INTEGER NOT NULL,
+        PRIMARY KEY (tenant_id, kind)
+    ) WITHOUT ROWID;
+    INSERT INTO resource_counts SELECT tenant_id, kind, COUNT(*) FROM resources GROUP BY tenant_id, kind;
+    CREATE TRIGGER resources_counted AFTER INSERT ON resources BEGIN
+        INSERT INTO resource_counts (tenant_id, kind, count) VALUES (new.tenant_id, new.kind, 1)
+        ON CONFLICT (tenant_id, kind) DO UPDATE SET count = count + 1;
+    END;
+    CREATE TRIGGER resources_uncounted AFTER DELETE ON resources BEGIN
+        UPDATE resource_counts SET count = count - 1 WHERE tenant_id = old.tenant_id AND kind = old.kind;
+    END;
+    "#,
 ];
 
 /// Brings the database to the latest schema version. Safe against another process opening the same new
@@ -215,7 +253,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 5);
+        assert_eq!(latest_version(), 7);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

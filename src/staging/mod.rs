@@ -5,7 +5,9 @@
 
 mod files;
 pub mod journal;
+mod members;
 mod migrations;
+pub mod query;
 mod read;
 pub mod replay_state;
 mod tenants;
@@ -18,6 +20,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::scim::Rules;
 use crate::scim::error::ScimError;
 use crate::scim::patch::PatchOp;
 use crate::scim::schema::Kind;
@@ -25,7 +28,7 @@ use crate::scim::schema::Kind;
 pub use files::{DaemonLock, private_file, running_daemon};
 pub use journal::{ChangeSeq, ResourceId, ResourceRef, TenantId};
 pub use migrations::MigrationError;
-pub use read::{Lookup, Page};
+pub use read::{ListQuery, Page};
 pub use tenants::{Tenant, generate_token, hash_token, list_tenants, rotate_token, tenant_names, validate_tenant_name};
 
 /// A resource as staged.
@@ -128,7 +131,7 @@ pub enum StagingError {
 pub(crate) struct WriteRequest {
     tenant: TenantId,
     request_id: String,
-    strict: bool,
+    rules: Rules,
     change: Change,
     reply: oneshot::Sender<Result<Committed, StagingError>>,
 }
@@ -145,7 +148,12 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     commits: tokio::sync::watch::Receiver<u64>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Writes and deletes per (tenant, kind), counted by the writer: they tell when position marks are stale.
+    generations: Generations,
+    marks: Mutex<read::MarksCache>,
 }
+
+pub(crate) type Generations = Arc<Mutex<std::collections::HashMap<(TenantId, Kind), read::Generation>>>;
 
 /// Settings of the staging store.
 #[derive(Debug, Clone)]
@@ -228,11 +236,13 @@ impl Staging {
         let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let max_batch = options.max_batch.max(1);
         let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
+        let generations: Generations = Arc::default();
         let handle = std::thread::Builder::new()
             .name("staging-writer".into())
             .spawn({
                 let path = path.to_owned();
-                move || writer::run(conn, rx, max_batch, commits_tx, path)
+                let generations = generations.clone();
+                move || writer::run(conn, rx, max_batch, commits_tx, path, generations)
             })
             .map_err(|e| StagingError::Worker(e.to_string()))?;
         Ok(Staging {
@@ -242,12 +252,19 @@ impl Staging {
                 readers: Mutex::new(Vec::new()),
                 commits,
                 writer_thread: Mutex::new(Some(handle)),
+                generations,
+                marks: Mutex::default(),
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Writes and deletes so far of a tenant's resources of one kind.
+    fn generation(&self, tenant: TenantId, kind: Kind) -> read::Generation {
+        self.inner.generations.lock().map(|g| g.get(&(tenant, kind)).copied().unwrap_or_default()).unwrap_or_default()
     }
 
     /// Changes whenever the writer commits a batch: replay waits on it instead of polling.
@@ -263,11 +280,11 @@ impl Staging {
         &self,
         tenant: TenantId,
         request_id: &str,
-        strict: bool,
+        rules: Rules,
         change: Change,
     ) -> Result<Committed, StagingError> {
         let (reply, rx) = oneshot::channel();
-        let req = WriteRequest { tenant, request_id: request_id.to_owned(), strict, change, reply };
+        let req = WriteRequest { tenant, request_id: request_id.to_owned(), rules, change, reply };
         self.inner.writer.send(WriterMsg::Write(req)).await.map_err(|_| StagingError::Closed)?;
         rx.await.map_err(|_| StagingError::Closed)?
     }

@@ -100,6 +100,17 @@ pub struct Health {
     pub checked: String,
 }
 
+/// A member a group names that is not (yet) a resource of its tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingMember {
+    pub tenant: String,
+    pub group_id: String,
+    /// The group's displayName.
+    pub group: String,
+    pub member_id: String,
+    pub since: String,
+}
+
 #[derive(Clone)]
 pub struct ReplayStore {
     conn: Arc<Mutex<Connection>>,
@@ -481,6 +492,26 @@ impl ReplayStore {
                 "SELECT t.name, (SELECT COUNT(*) FROM journal j WHERE j.tenant_id = t.id) FROM tenants t ORDER BY t.name",
             )?;
             let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Pending group memberships: ids a group names that are not resources of its tenant.
+    pub fn pending_members(&self) -> Result<Vec<PendingMember>, StagingError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT t.name, g.id, COALESCE(g.display, ''), p.member_id, p.since FROM pending_members p
+                 JOIN resources g ON g.seq = p.group_seq JOIN tenants t ON t.id = p.tenant_id ORDER BY t.name, g.seq, p.member_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(PendingMember {
+                    tenant: r.get(0)?,
+                    group_id: r.get(1)?,
+                    group: r.get(2)?,
+                    member_id: r.get(3)?,
+                    since: r.get(4)?,
+                })
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }

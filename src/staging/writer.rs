@@ -3,14 +3,13 @@
 //! every request of the batch: many concurrent writes share one fsync (group commit) and none is answered
 //! before it is durable.
 
-use std::collections::{HashMap, HashSet};
-
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::{Map, Value, json};
 use tokio::sync::mpsc;
 
 use super::journal::Op;
-use super::{Change, ChangeSeq, Committed, Member, StagingError, Stored, TenantId, WriteRequest, WriterMsg};
+use super::members;
+use super::{Change, ChangeSeq, Committed, StagingError, Stored, TenantId, WriteRequest, WriterMsg};
 use crate::scim::error::ScimError;
 use crate::scim::schema::Kind;
 use crate::scim::{self, patch};
@@ -28,6 +27,7 @@ pub(super) fn run(
     max_batch: usize,
     commits: tokio::sync::watch::Sender<u64>,
     path: std::path::PathBuf,
+    generations: super::Generations,
 ) {
     let mut wal = path.into_os_string();
     wal.push("-wal");
@@ -50,7 +50,7 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, batch);
+        commit_batch(&mut conn, batch, &generations);
         commits.send_modify(|n| *n = n.wrapping_add(1));
         since_wal_check += 1;
         if since_wal_check >= WAL_CHECK_EVERY {
@@ -85,7 +85,7 @@ fn storage_failure(e: &StagingError) -> bool {
     ))
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
+fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>, generations: &super::Generations) {
     let outcome = (|| {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.len());
@@ -114,6 +114,17 @@ fn commit_batch(conn: &mut Connection, batch: Vec<WriteRequest>) {
     })();
     match outcome {
         Ok(results) => {
+            if let Ok(mut g) = generations.lock() {
+                for (req, result) in batch.iter().zip(&results) {
+                    if let Ok(Committed { seq: Some(_), .. }) = result {
+                        let generation = g.entry((req.tenant, req.change.kind())).or_default();
+                        generation.writes += 1;
+                        if let Change::Delete { .. } = req.change {
+                            generation.deletes += 1;
+                        }
+                    }
+                }
+            }
             for (req, result) in batch.into_iter().zip(results) {
                 // A client that went away still had its change committed; nothing to do about the reply.
                 let _ = req.reply.send(result);
@@ -268,46 +279,6 @@ fn check_unique(
     }
 }
 
-/// Resolves the member ids of a group document to staged resources of the same tenant.
-fn resolve_members(
-    conn: &Connection,
-    tenant: TenantId,
-    group_seq: Option<i64>,
-    doc: &Map<String, Value>,
-) -> Result<Vec<(i64, Member)>, StagingError> {
-    let mut out = Vec::new();
-    let mut seen = HashSet::new();
-    let mut stmt = conn.prepare_cached("SELECT seq, kind, display FROM resources WHERE tenant_id = ?1 AND id = ?2")?;
-    for m in doc.get("members").and_then(Value::as_array).into_iter().flatten() {
-        let Some(id) = m.get("value").and_then(Value::as_str) else {
-            return Err(ScimError::invalid_value("every member needs a \"value\" (the member's id)").into());
-        };
-        if !seen.insert(id.to_owned()) {
-            continue;
-        }
-        let row: Option<(i64, String, Option<String>)> =
-            stmt.query_row(params![tenant.0, id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
-        let Some((seq, kind, display)) = row else {
-            return Err(ScimError::invalid_value(format!("member {id:?} is not a User or Group of this tenant")).into());
-        };
-        if Some(seq) == group_seq {
-            return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
-        }
-        let kind = super::read::parse_kind(&kind)?;
-        out.push((seq, Member { id: id.to_owned(), kind, display }));
-    }
-    Ok(out)
-}
-
-fn current_members(conn: &Connection, group_seq: i64) -> Result<Vec<(i64, String)>, StagingError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT m.member_seq, r.id FROM group_members m JOIN resources r ON r.seq = m.member_seq
-         WHERE m.group_seq = ?1 ORDER BY m.member_seq",
-    )?;
-    let rows = stmt.query_map([group_seq], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
 fn write_emails(conn: &Connection, tenant: TenantId, seq: i64, keys: &Keys, replace: bool) -> Result<(), StagingError> {
     if replace {
         conn.prepare_cached("DELETE FROM resource_emails WHERE resource_seq = ?1")?.execute([seq])?;
@@ -369,19 +340,19 @@ fn apply(conn: &Connection, req: &WriteRequest) -> Result<Committed, StagingErro
             if *kind == Kind::Group
                 && let Some((rest, edits)) = patch::split_member_edits(ops)
             {
-                patch::apply(*kind, &mut doc, &rest, req.strict)?;
-                scim::validate(*kind, &doc)?;
+                patch::apply(*kind, &mut doc, &rest, req.rules.strict)?;
+                scim::validate(*kind, &doc, req.rules)?;
                 return update(conn, req, *kind, id, cur, doc, Op::Patch, Members::Edits(edits));
             }
             if *kind == Kind::Group {
                 let members: Vec<Value> =
-                    current_members(conn, cur.seq)?.into_iter().map(|(_, id)| json!({ "value": id })).collect();
+                    members::current(conn, cur.seq)?.into_iter().map(|(_, id)| json!({ "value": id })).collect();
                 if !members.is_empty() {
                     doc.insert("members".into(), Value::Array(members));
                 }
             }
-            patch::apply(*kind, &mut doc, ops, req.strict)?;
-            scim::validate(*kind, &doc)?;
+            patch::apply(*kind, &mut doc, ops, req.rules.strict)?;
+            scim::validate(*kind, &doc, req.rules)?;
             update(conn, req, *kind, id, cur, doc, Op::Patch, Members::FromDoc)
         }
         Change::Delete { kind, id, if_match } => {
@@ -430,7 +401,12 @@ fn create(
     let tenant = req.tenant;
     let keys = Keys::of(kind, &doc);
     check_unique(conn, tenant, kind, &keys, &doc, None)?;
-    let members = if kind == Kind::Group { resolve_members(conn, tenant, None, &doc)? } else { Vec::new() };
+    check_manager(conn, tenant, &doc, req.rules.strict)?;
+    let resolved = match kind {
+        Kind::Group => members::resolve(conn, tenant, None, &doc, req.rules.strict)?,
+        Kind::User => members::Resolved { known: Vec::new(), pending: Vec::new() },
+    };
+    let members = resolved.known;
     doc.remove("members");
     let id = uuid::Uuid::new_v4().to_string();
     let at = now();
@@ -455,13 +431,62 @@ fn create(
     for (mseq, _) in &members {
         ins.execute([seq, *mseq])?;
     }
+    if !resolved.pending.is_empty() {
+        members::set_pending(conn, tenant, seq, &resolved.pending, &at)?;
+    }
     let added: Vec<String> = members.iter().map(|(_, m)| m.id.clone()).collect();
     let change = journal(conn, req, kind, &id, Op::Create, &doc, &added, &[], 1, &at)?;
+    adopt_pending(conn, req, &id, seq, &at)?;
     let members = (kind == Kind::Group).then(|| members.into_iter().map(|(_, m)| m).collect());
     Ok(Committed {
         seq: Some(change),
         resource: Some(Stored { kind, id, doc, members, version: 1, created: at.clone(), last_modified: at }),
     })
+}
+
+/// The enterprise extension's manager, a reference to another user: in a strict tenant it must be a user
+/// of the tenant; otherwise it is kept as given (the manager may be provisioned later), like a pending
+/// group member.
+fn check_manager(
+    conn: &Connection,
+    tenant: TenantId,
+    doc: &Map<String, Value>,
+    strict: bool,
+) -> Result<(), StagingError> {
+    if !strict {
+        return Ok(());
+    }
+    let manager = doc
+        .get(crate::scim::schema::ENTERPRISE_SCHEMA)
+        .and_then(|e| e.get("manager"))
+        .and_then(|m| m.get("value"))
+        .and_then(Value::as_str);
+    let Some(id) = manager else { return Ok(()) };
+    let is_user = conn
+        .prepare_cached("SELECT 1 FROM resources WHERE tenant_id = ?1 AND kind = 'User' AND id = ?2")?
+        .query_row(params![tenant.0, id], |_| Ok(()))
+        .optional()?
+        .is_some();
+    if is_user {
+        Ok(())
+    } else {
+        Err(ScimError::invalid_value(format!("manager {id:?} is not a User of this tenant")).into())
+    }
+}
+
+/// A new resource whose id groups of its tenant were waiting for (pending members): the memberships are
+/// made and each group gets a journal entry, so that replay adds the member downstream too.
+fn adopt_pending(conn: &Connection, req: &WriteRequest, id: &str, seq: i64, at: &str) -> Result<(), StagingError> {
+    for group_seq in members::adopt(conn, req.tenant, id, seq)? {
+        let (gid, gversion, gbody): (String, i64, String) = conn
+            .prepare_cached("SELECT id, version, body FROM resources WHERE seq = ?1")?
+            .query_row([group_seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        conn.prepare_cached("UPDATE resources SET version = ?2, last_modified = ?3 WHERE seq = ?1")?
+            .execute(params![group_seq, gversion + 1, at])?;
+        let gdoc = super::read::parse_body(&gbody)?;
+        journal(conn, req, Kind::Group, &gid, Op::Patch, &gdoc, &[id.to_owned()], &[], gversion + 1, at)?;
+    }
+    Ok(())
 }
 
 /// How an update changes group membership.
@@ -470,50 +495,6 @@ enum Members {
     FromDoc,
     /// Only these ids are added or removed.
     Edits(Vec<patch::MemberEdit>),
-}
-
-/// Applies membership edits row by row; returns the net (added, removed) ids.
-fn apply_member_edits(
-    conn: &Connection,
-    tenant: TenantId,
-    group_seq: i64,
-    edits: Vec<patch::MemberEdit>,
-) -> Result<(Vec<String>, Vec<String>), StagingError> {
-    let mut find = conn.prepare_cached("SELECT seq FROM resources WHERE tenant_id = ?1 AND id = ?2")?;
-    let mut ins = conn.prepare_cached("INSERT OR IGNORE INTO group_members (group_seq, member_seq) VALUES (?1, ?2)")?;
-    let mut del = conn.prepare_cached("DELETE FROM group_members WHERE group_seq = ?1 AND member_seq = ?2")?;
-    // Net effect per id, in first-touch order: (was a member before, is a member now).
-    let mut net: Vec<(String, bool, bool)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    for edit in edits {
-        let (id, add) = match edit {
-            patch::MemberEdit::Add(id) => (id, true),
-            patch::MemberEdit::Remove(id) => (id, false),
-        };
-        let seq: Option<i64> = find.query_row(params![tenant.0, id], |r| r.get(0)).optional()?;
-        let Some(seq) = seq else {
-            if add {
-                return Err(
-                    ScimError::invalid_value(format!("member {id:?} is not a User or Group of this tenant")).into()
-                );
-            }
-            continue; // removing what is not there is already done
-        };
-        if seq == group_seq {
-            return Err(ScimError::invalid_value("a group cannot be a member of itself").into());
-        }
-        let changed = if add { ins.execute([group_seq, seq])? } else { del.execute([group_seq, seq])? } == 1;
-        match index.get(&id) {
-            Some(&i) => net[i].2 = add,
-            None => {
-                index.insert(id.clone(), net.len());
-                net.push((id, if changed { !add } else { add }, add));
-            }
-        }
-    }
-    let added = net.iter().filter(|(_, before, now)| !before && *now).map(|(id, _, _)| id.clone()).collect();
-    let removed = net.iter().filter(|(_, before, now)| *before && !now).map(|(id, _, _)| id.clone()).collect();
-    Ok((added, removed))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -530,31 +511,18 @@ fn update(
     let tenant = req.tenant;
     let keys = Keys::of(kind, &doc);
     check_unique(conn, tenant, kind, &keys, &doc, Some(cur.seq))?;
+    check_manager(conn, tenant, &doc, req.rules.strict)?;
     let mut added = Vec::new();
     let mut removed = Vec::new();
     let mut members_out = None;
+    let at = now();
     if let (Kind::Group, Members::Edits(edits)) = (kind, members) {
-        (added, removed) = apply_member_edits(conn, tenant, cur.seq, edits)?;
+        (added, removed) = members::apply_edits(conn, tenant, cur.seq, edits, req.rules.strict, &at)?;
     } else if kind == Kind::Group {
-        let wanted = resolve_members(conn, tenant, Some(cur.seq), &doc)?;
-        let have = current_members(conn, cur.seq)?;
-        let wanted_seqs: HashSet<i64> = wanted.iter().map(|(s, _)| *s).collect();
-        let have_seqs: HashSet<i64> = have.iter().map(|(s, _)| *s).collect();
-        let mut del = conn.prepare_cached("DELETE FROM group_members WHERE group_seq = ?1 AND member_seq = ?2")?;
-        for (s, mid) in &have {
-            if !wanted_seqs.contains(s) {
-                del.execute([cur.seq, *s])?;
-                removed.push(mid.clone());
-            }
-        }
-        let mut ins = conn.prepare_cached("INSERT INTO group_members (group_seq, member_seq) VALUES (?1, ?2)")?;
-        for (s, m) in &wanted {
-            if !have_seqs.contains(s) {
-                ins.execute([cur.seq, *s])?;
-                added.push(m.id.clone());
-            }
-        }
-        members_out = Some(wanted.into_iter().map(|(_, m)| m).collect());
+        let wanted = members::resolve(conn, tenant, Some(cur.seq), &doc, req.rules.strict)?;
+        (added, removed) = members::replace(conn, cur.seq, &wanted.known)?;
+        members::set_pending(conn, tenant, cur.seq, &wanted.pending, &at)?;
+        members_out = Some(wanted.known.into_iter().map(|(_, m)| m).collect());
     }
     doc.remove("members");
     if doc == cur.doc && added.is_empty() && removed.is_empty() {
@@ -575,7 +543,6 @@ fn update(
         });
     }
     let version = cur.version + 1;
-    let at = now();
     conn.prepare_cached(
         "UPDATE resources SET name_key = ?2, display_key = ?3, external_id = ?4, display = ?5, body = ?6,
                 version = ?7, last_modified = ?8 WHERE seq = ?1",
@@ -621,5 +588,60 @@ mod tests {
         assert!(check_if_match(&Some("W/\"1\", W/\"3\"".into()), 3).is_ok());
         let e = check_if_match(&Some("W/\"2\"".into()), 3).unwrap_err();
         assert_eq!(e.status, crate::scim::error::Status::PreconditionFailed);
+    }
+
+    fn request(tenant: i64, change: Change) -> WriteRequest {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        WriteRequest { tenant: TenantId(tenant), request_id: "r".into(), rules: Default::default(), change, reply }
+    }
+
+    /// A group naming an id that is not a resource of its tenant keeps it pending; when a resource with
+    /// that id appears in the tenant, the membership is made and journaled for replay. Another tenant's
+    /// resource with the same id is never taken for it.
+    #[test]
+    fn pending_members_are_adopted_within_their_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::staging::open_migrated(&dir.path().join("s.db")).unwrap();
+        conn.execute_batch("INSERT INTO tenants (id, name, created) VALUES (1, 'a', ''), (2, 'b', '');").unwrap();
+        let doc = json!({"displayName": "Team", "members": [{"value": "later"}]}).as_object().unwrap().clone();
+        let g = apply(&conn, &request(1, Change::Create { kind: Kind::Group, doc })).unwrap();
+        assert_eq!(g.resource.unwrap().members.unwrap(), Vec::new(), "stored without the unknown member");
+        let pending: i64 = conn.query_row("SELECT COUNT(*) FROM pending_members", [], |r| r.get(0)).unwrap();
+        assert_eq!(pending, 1);
+        let insert = |tenant: i64| {
+            conn.execute(
+                "INSERT INTO resources (tenant_id, kind, id, name_key, body, version, created, last_modified)
+                 VALUES (?1, 'User', 'later', ?2, '{}', 1, '', '')",
+                params![tenant, format!("later{tenant}")],
+            )
+            .unwrap();
+            conn.last_insert_rowid()
+        };
+        // Another tenant's resource with that id: nothing happens.
+        let other = insert(2);
+        adopt_pending(
+            &conn,
+            &request(2, Change::Delete { kind: Kind::User, id: "x".into(), if_match: None }),
+            "later",
+            other,
+            "t",
+        )
+        .unwrap();
+        let members: i64 = conn.query_row("SELECT COUNT(*) FROM group_members", [], |r| r.get(0)).unwrap();
+        assert_eq!(members, 0);
+        // The tenant's own: adopted, and the group journaled with the member added.
+        let own = insert(1);
+        let req = request(1, Change::Delete { kind: Kind::User, id: "x".into(), if_match: None });
+        adopt_pending(&conn, &req, "later", own, "t").unwrap();
+        let member: i64 = conn.query_row("SELECT member_seq FROM group_members", [], |r| r.get(0)).unwrap();
+        assert_eq!(member, own);
+        let (op, added, version): (String, String, i64) = conn
+            .query_row("SELECT op, members_added, version FROM journal ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((op.as_str(), added.as_str(), version), ("patch", "[\"later\"]", 2));
+        let pending: i64 = conn.query_row("SELECT COUNT(*) FROM pending_members", [], |r| r.get(0)).unwrap();
+        assert_eq!(pending, 0);
     }
 }

@@ -160,6 +160,16 @@ impl Target {
         }
     }
 
+    /// Whether the target links existing accounts by the user's match email, so that a tenant bound to it
+    /// must send users that have one.
+    pub fn matches_by_email(&self) -> bool {
+        match self {
+            Target::Sql(t) => t.matches_by_email(),
+            // The match filter always names {match_email}.
+            Target::Ldap(_) => true,
+        }
+    }
+
     /// How many batches may be applied at once.
     pub fn parallelism(&self) -> usize {
         match self {

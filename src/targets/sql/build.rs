@@ -141,9 +141,11 @@ impl SqlTarget {
         let (db, dialect) =
             Db::new(&url, cfg.max_connections, Duration::from_secs(cfg.timeout_seconds)).map_err(|e| bad("url", e))?;
         let u = &cfg.users;
-        for (key, value) in [("users.table", &u.table), ("users.key", &u.key), ("users.match_column", &u.match_column)]
-        {
+        for (key, value) in [("users.table", &u.table), ("users.key", &u.key)] {
             ident(key, value)?;
+        }
+        if let Some(m) = &u.match_column {
+            ident("users.match_column", m)?;
         }
         if let Some(l) = &u.link_column {
             ident("users.link_column", l)?;

@@ -33,7 +33,7 @@ struct Column {
 struct Users {
     table: String,
     key: String,
-    match_column: String,
+    match_column: Option<String>,
     link_column: Option<String>,
     columns: Vec<Column>,
     /// The key is one of the mapped columns (else the database generates it).
@@ -103,6 +103,11 @@ impl SqlTarget {
         self.groups.is_some()
     }
 
+    /// Whether existing accounts are linked by email (a `match_column` is configured).
+    pub fn matches_by_email(&self) -> bool {
+        self.users.match_column.is_some()
+    }
+
     /// How many transactions may run at once.
     pub fn parallelism(&self) -> usize {
         self.max_connections
@@ -137,7 +142,10 @@ impl SqlTarget {
     /// The (table, [(column, config key)]) pairs the configuration names.
     fn wanted_columns(&self) -> Vec<(&str, Vec<(&str, &'static str)>)> {
         let u = &self.users;
-        let mut ucols = vec![(u.key.as_str(), "users.key"), (u.match_column.as_str(), "users.match_column")];
+        let mut ucols = vec![(u.key.as_str(), "users.key")];
+        if let Some(m) = &u.match_column {
+            ucols.push((m, "users.match_column"));
+        }
         if let Some(l) = &u.link_column {
             ucols.push((l, "users.link_column"));
         }

@@ -81,14 +81,14 @@ impl SqlTarget {
         {
             return Ok((Some(k), true));
         }
-        let Some(email) = email else { return Ok((None, false)) };
-        let keys = self.keys_where(tx, t, &u.table, &u.key, &u.match_column, email, true).await?;
+        let (Some(email), Some(match_column)) = (email, &u.match_column) else { return Ok((None, false)) };
+        let keys = self.keys_where(tx, t, &u.table, &u.key, match_column, email, true).await?;
         let ambiguous = |keys: &[String]| {
             format!(
                 "{} rows of {} have {} = {email:?} (keys {}); not guessing which one is this user — merge or fix them, then retry",
                 keys.len(),
                 u.table,
-                u.match_column,
+                match_column,
                 keys.join(", ")
             )
         };
@@ -261,7 +261,8 @@ impl SqlTarget {
             return match self.find_user(tx, types, &w, email.as_deref(), &Links::new()).await? {
                 (Some(k), _) => Ok(k),
                 (None, _) => Err(TargetError::permanent(
-                    "statements.create returned no key and the new row cannot be found by its match email",
+                    "statements.create returned no key and the new row cannot be found by its match email \
+                     (return the key from the statement, or configure users.match_column)",
                 )),
             };
         }
