@@ -1,5 +1,8 @@
-//! Replay throughput into PostgreSQL: 10,000 creates, then 10,000 updates, staged first and then replayed
-//! by the daemon's real replay workers into a fresh database on 127.0.0.1:5432.
+//! Replay throughput into PostgreSQL with `config.toml.example`'s own schema (its commented DDL, indexes
+//! included) and its own `crm` target, into a fresh database on 127.0.0.1:5432:
+//! - creates, then updates, staged first and then replayed by the daemon's real replay workers (catch-up);
+//! - end to end: creates through HTTP at concurrency 16 while replay runs beside them (ingestion and
+//!   replay rates together, the case where both compete for the staging database).
 //!
 //!     cargo run --release --example replay_bench -- [--users 10000]
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark: a failed unwrap ends the run
@@ -10,30 +13,32 @@ use scim_bridge::config::Config;
 use serde_json::json;
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const EXAMPLE: &str = include_str!("../config.toml.example");
 
-fn target(url: &str) -> String {
-    format!(
-        r#"
-[[target]]
-type = "sql"
-name = "crm"
-url = "{url}"
-max_connections = 4
+/// The example's commented `CREATE …;` statements (the schema the example target is written for).
+fn example_ddl() -> Vec<String> {
+    let section = EXAMPLE.split("# Targets. Example").nth(1).expect("the example's Targets section");
+    let section = section.split("[[target]]").next().expect("DDL before the target");
+    let text: String = section
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   "))
+        .filter(|l| !l.trim_start().starts_with("--"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    text.split(';').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+}
 
-[target.users]
-table = "employees"
-key = "id"
-match_column = "email"
-
-[target.users.columns]
-email = "@match_email"
-first_name = "name.givenName"
-last_name = "name.familyName"
-full_name = "{{name.givenName}} {{name.familyName}}"
-title = "title"
-blocked = {{ from = "!active", true = "Y", false = "N" }}
-"#
-    )
+/// The example configuration with its database URL, staging file and log level replaced; `bound` keeps the
+/// example tenant bound to the `crm` target.
+fn example_config(url: &str, staging: &std::path::Path, bound: bool) -> String {
+    let mut text = EXAMPLE
+        .replace("url = \"postgres://scim_bridge@127.0.0.1:5432/crm\"", &format!("url = \"{url}\""))
+        .replace("path = \"scim-bridge-data/staging.db\"", &format!("path = {:?}", staging.display().to_string()))
+        .replace("level = \"info\"", "level = \"warn\"");
+    if !bound {
+        text = text.replace("targets = [\"crm\"]", "targets = []");
+    }
+    text
 }
 
 struct Daemon {
@@ -72,30 +77,34 @@ fn progress(staging: &std::path::Path) -> (i64, i64) {
     .expect("progress")
 }
 
-/// Starts the daemon with replay bound and reports how fast it catches up with the journal.
-async fn replay(label: &str, staged: &str, bound: &str, staging: &std::path::Path, n: usize) {
-    let (head, from) = progress(staging);
-    let started = Instant::now();
-    let d = start(bound).await;
+async fn caught_up(staging: &std::path::Path) {
     loop {
-        let (_, at) = progress(staging);
+        let (head, at) = progress(staging);
         if at >= head {
-            break;
+            return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Starts the daemon with replay bound and reports how fast it catches up with the journal.
+async fn replay(label: &str, bound: &str, staging: &std::path::Path, n: usize) {
+    let (head, from) = progress(staging);
+    let started = Instant::now();
+    let d = start(bound).await;
+    caught_up(staging).await;
     let secs = started.elapsed().as_secs_f64();
     println!("replay {label:<8} {n} changes (journal {from}..{head}) in {secs:.2} s: {:.0} changes/s", n as f64 / secs);
     stop(d).await;
-    let _ = staged;
 }
 
-async fn stage(d: &Daemon, token: &str, n: usize, ids: &mut Vec<String>, update: bool) {
+/// Sends `n` creates (or, with `ids`, PATCHes of those users' title) at concurrency 16.
+async fn stage(d: &Daemon, token: &str, range: std::ops::Range<usize>, ids: &mut Vec<String>, update: bool) {
     let client = reqwest::Client::new();
-    let mut next = 0usize;
-    while next < n {
+    let mut next = range.start;
+    while next < range.end {
         let mut batch = Vec::new();
-        for i in next..(next + 16).min(n) {
+        for i in next..(next + 16).min(range.end) {
             let (c, b, t) = (client.clone(), d.base.clone(), token.to_owned());
             let id = ids.get(i).cloned();
             batch.push(tokio::spawn(async move {
@@ -107,7 +116,8 @@ async fn stage(d: &Daemon, token: &str, n: usize, ids: &mut Vec<String>, update:
                     }
                     _ => {
                         let name = format!("user{i}@bench.example");
-                        let body = json!({"userName": name, "active": true, "name": {"givenName": "Bench", "familyName": format!("User {i}")}});
+                        let body = json!({"userName": name, "active": true, "name": {"givenName": "Bench", "familyName": format!("User {i}")},
+                            "phoneNumbers": [{"type": "mobile", "value": format!("+31 6 {i:08}")}]});
                         c.post(format!("{b}/Users")).bearer_auth(&t).header("content-type", "application/scim+json").body(body.to_string()).send().await
                     }
                 }
@@ -117,12 +127,11 @@ async fn stage(d: &Daemon, token: &str, n: usize, ids: &mut Vec<String>, update:
                 v["id"].as_str().map(str::to_owned)
             }));
         }
-        for (k, h) in batch.into_iter().enumerate() {
+        for h in batch {
             let id = h.await.expect("task");
             if !update {
                 ids.push(id.expect("id"));
             }
-            let _ = k;
         }
         next += 16;
     }
@@ -145,34 +154,50 @@ async fn main() {
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin).await.expect("create");
     let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
     let pool = sqlx::AnyPool::connect(&url).await.expect("bench db");
-    sqlx::query(
-        "CREATE TABLE employees (id SERIAL PRIMARY KEY, email VARCHAR(320) NOT NULL, first_name TEXT, last_name TEXT,
-         full_name TEXT, title TEXT, blocked CHAR(1) NOT NULL DEFAULT 'N')",
-    )
-    .execute(&pool)
-    .await
-    .expect("table");
-    sqlx::query("CREATE INDEX employees_email ON employees (LOWER(email))").execute(&pool).await.expect("index");
+    let ddl = example_ddl();
+    for statement in &ddl {
+        sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
 
     let dir = std::path::PathBuf::from("target/bench-data/replay");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
     let staging = dir.join("staging.db");
-    let head = format!("[staging]\npath = {:?}\n[log]\nlevel = \"warn\"\n", staging.display().to_string());
-    let (_, token) = scim_bridge::staging::rotate_token(&staging, "bench").expect("token");
-    // Staged with no target configured (so no replay cursor moves), then replayed on its own.
-    let unbound = format!("{head}[[tenant]]\nname = \"bench\"\n");
-    let bound = format!("{head}[[tenant]]\nname = \"bench\"\ntargets = [\"crm\"]\n{}", target(&url));
-    println!("scim-bridge replay bench: {n} users into PostgreSQL database {db}");
+    let (_, token) = scim_bridge::staging::rotate_token(&staging, "entra-prod").expect("token");
+    // Staged with the tenant bound to nothing (so no replay cursor moves), then replayed on its own.
+    let unbound = example_config(&url, &staging, false);
+    let bound = example_config(&url, &staging, true);
+    println!(
+        "scim-bridge replay bench: {n} users into PostgreSQL database {db}, config.toml.example's schema ({} statements) and target",
+        ddl.len()
+    );
     let mut ids = Vec::new();
     let d = start(&unbound).await;
-    stage(&d, &token, n, &mut ids, false).await;
+    stage(&d, &token, 0..n, &mut ids, false).await;
     stop(d).await;
-    replay("creates", &unbound, &bound, &staging, n).await;
+    replay("creates", &bound, &staging, n).await;
     let d = start(&unbound).await;
-    stage(&d, &token, n, &mut ids, true).await;
+    stage(&d, &token, 0..n, &mut ids, true).await;
     stop(d).await;
-    replay("updates", &unbound, &bound, &staging, n).await;
+    replay("updates", &bound, &staging, n).await;
+
+    // End to end: creates arrive while replay runs.
+    let d = start(&bound).await;
+    let started = Instant::now();
+    stage(&d, &token, n..2 * n, &mut ids, false).await;
+    let ingest = started.elapsed().as_secs_f64();
+    caught_up(&staging).await;
+    let total = started.elapsed().as_secs_f64();
+    println!(
+        "end to end: {n} creates over HTTP at c=16 in {ingest:.2} s ({:.0}/s) while replaying; all replayed after {total:.2} s ({:.0} rows/s)",
+        n as f64 / ingest,
+        n as f64 / total
+    );
+    stop(d).await;
+
     let rows: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM employees").fetch_one(&pool).await.expect("count");
     println!("rows in employees: {}", rows.0);
     pool.close().await;

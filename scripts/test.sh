@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine as in CI: makes sure the services the tests talk to are up
 # (PostgreSQL on 127.0.0.1:5432, MariaDB on 127.0.0.1:3306), installs OpenLDAP's slapd when missing,
-# then runs every test.
+# then runs every test, and checks the systemd unit and the Debian package (as root, as CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,4 +38,14 @@ if ! [ -x /usr/sbin/slapd ] || ! [ -x /usr/sbin/slapadd ] || ! command -v openss
     apt-get install -y -qq slapd ldap-utils openssl >/dev/null
 fi
 
+# systemd-analyze checks the unit; dpkg-deb, readelf and adduser build and install the package.
+if ! command -v systemd-analyze >/dev/null || ! command -v readelf >/dev/null || ! command -v adduser >/dev/null; then
+    need "installing systemd (for systemd-analyze), binutils and adduser from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq systemd binutils adduser >/dev/null
+fi
+
 cargo test --locked --all-targets "$@"
+# The unit and the Debian package, with the binary the tests just built.
+scripts/package-test.sh target/debug/scim-bridge

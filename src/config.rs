@@ -11,13 +11,14 @@ use crate::staging::StagingOptions;
 use crate::targets::ldap::config::LdapTargetConfig;
 use crate::targets::sql::config::SqlTargetConfig;
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
     pub staging: StagingConfig,
     pub log: LogConfig,
     pub replay: ReplayConfig,
+    pub metrics: MetricsConfig,
     /// `[[tenant]]`: which targets each tenant's changes are replayed into.
     #[serde(rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
@@ -26,7 +27,7 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplayConfig {
     /// Journal entries read and applied per step.
@@ -37,15 +38,24 @@ pub struct ReplayConfig {
     /// First retry delay in milliseconds; doubled per failure, with jitter, up to backoff_max_seconds.
     pub backoff_initial_ms: u64,
     pub backoff_max_seconds: u64,
+    /// Seconds between checks that an idle target still answers (a cheap round trip), so that an outage
+    /// shows in `status`, /readyz and the metrics before a change needs the target.
+    pub probe_interval_seconds: u64,
 }
 
 impl Default for ReplayConfig {
     fn default() -> Self {
-        ReplayConfig { batch_size: 500, max_attempts: 5, backoff_initial_ms: 500, backoff_max_seconds: 300 }
+        ReplayConfig {
+            batch_size: 500,
+            max_attempts: 5,
+            backoff_initial_ms: 500,
+            backoff_max_seconds: 300,
+            probe_interval_seconds: 10,
+        }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The tenant's name, as given to `scim-bridge token <name>`.
@@ -55,9 +65,43 @@ pub struct TenantConfig {
     pub targets: Vec<String>,
     /// Overrides `server.strict` for this tenant.
     pub strict: Option<bool>,
+    /// Overrides `server.rate_limit` for this tenant.
+    pub rate_limit: Option<RateLimit>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A token bucket: `requests_per_second` on average, bursts of up to `burst` requests.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
+/// `[server.tls]`: serve HTTPS. Both files are PEM; the certificate file may hold the chain.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// `[metrics]`: Prometheus text at /metrics, outside the SCIM base path.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// A bearer token /metrics requires, read from a file (re-read on SIGHUP) or an environment variable.
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true, token_file: None, token_env: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum TargetConfig {
     Sql(SqlTargetConfig),
@@ -73,7 +117,7 @@ impl TargetConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address and port to listen on.
@@ -93,6 +137,23 @@ pub struct ServerConfig {
     pub max_page_size: usize,
     /// Seconds to let in-flight requests finish on shutdown.
     pub shutdown_grace_seconds: u64,
+    /// Serve HTTPS with this certificate and key (reloaded on SIGHUP).
+    pub tls: Option<TlsConfig>,
+    /// Seconds a client has to send a request's headers, and to start its next request on a kept-alive
+    /// connection; a client that sends nothing (or a byte now and then) is disconnected after it.
+    pub header_timeout_seconds: u64,
+    /// Seconds a connection may stay without any traffic in either direction before it is closed.
+    pub idle_timeout_seconds: u64,
+    /// Seconds a client has to send a request's body (408 after it).
+    pub body_timeout_seconds: u64,
+    /// Seconds a request may take from its headers to its answer (503 with Retry-After after it).
+    pub request_timeout_seconds: u64,
+    /// Connections served at once; more are refused (503 over plain HTTP) with a WARN while the limit lasts.
+    pub max_connections: usize,
+    /// The rate limit of each tenant (a `[[tenant]]` block may set its own); above it, 429 with Retry-After.
+    pub rate_limit: RateLimit,
+    /// Failed authentications accepted per client address per minute; above it, 429 without checking.
+    pub auth_failures_per_minute: u32,
 }
 
 impl Default for ServerConfig {
@@ -106,11 +167,21 @@ impl Default for ServerConfig {
             default_page_size: 100,
             max_page_size: 1000,
             shutdown_grace_seconds: 30,
+            tls: None,
+            header_timeout_seconds: 10,
+            idle_timeout_seconds: 120,
+            body_timeout_seconds: 30,
+            request_timeout_seconds: 60,
+            max_connections: 4096,
+            // Entra ID sends a few requests a second per application, Okta at most a few per second and
+            // tenant; this leaves room for both and for import bursts.
+            rate_limit: RateLimit { requests_per_second: 50.0, burst: 200 },
+            auth_failures_per_minute: 60,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StagingConfig {
     /// The SQLite staging database file (created with its directory if missing).
@@ -128,16 +199,26 @@ impl Default for StagingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A tracing filter: `info`, `debug`, `scim_bridge=debug,info`. `RUST_LOG` overrides it.
     pub level: String,
+    /// "text" (for people and journald) or "json" (one object per line, for log shippers).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { level: "info".into() }
+        LogConfig { level: "info".into(), format: LogFormat::Text }
     }
 }
 
@@ -156,6 +237,13 @@ pub enum ConfigError {
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+fn check_rate(key: &str, r: &RateLimit) -> Result<(), ConfigError> {
+    if !(r.requests_per_second.is_finite() && r.requests_per_second > 0.0) || r.burst == 0 {
+        return Err(invalid(key, "requests_per_second must be positive and burst at least 1"));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -215,6 +303,21 @@ impl Config {
                 format!("{} must be between 1 and server.max_page_size ({})", s.default_page_size, s.max_page_size),
             ));
         }
+        for (key, value) in [
+            ("server.header_timeout_seconds", s.header_timeout_seconds),
+            ("server.idle_timeout_seconds", s.idle_timeout_seconds),
+            ("server.body_timeout_seconds", s.body_timeout_seconds),
+            ("server.request_timeout_seconds", s.request_timeout_seconds),
+            ("server.max_connections", s.max_connections as u64),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        check_rate("server.rate_limit", &s.rate_limit)?;
+        if let (Some(_), Some(_)) = (&self.metrics.token_file, &self.metrics.token_env) {
+            return Err(invalid("metrics.token_file", "give token_file or token_env, not both"));
+        }
         if self.staging.path.as_os_str().is_empty() {
             return Err(invalid("staging.path", "must name the staging database file"));
         }
@@ -229,6 +332,9 @@ impl Config {
         }
         if r.max_attempts < 1 {
             return Err(invalid("replay.max_attempts", "must be at least 1"));
+        }
+        if r.probe_interval_seconds == 0 {
+            return Err(invalid("replay.probe_interval_seconds", "must be at least 1"));
         }
         if r.backoff_initial_ms == 0 || r.backoff_max_seconds == 0 {
             return Err(invalid("replay.backoff_initial_ms", "backoff delays must be positive"));
@@ -247,6 +353,9 @@ impl Config {
             crate::staging::validate_tenant_name(&t.name).map_err(|e| invalid(format!("tenant[{i}].name"), e))?;
             if !tenants.insert(t.name.as_str()) {
                 return Err(invalid(format!("tenant.{}", t.name), "listed twice"));
+            }
+            if let Some(r) = &t.rate_limit {
+                check_rate(&format!("tenant.{}.rate_limit", t.name), r)?;
             }
             for target in &t.targets {
                 if !names.contains(target.as_str()) {

@@ -10,6 +10,7 @@
 //! - [`config`]: the TOML model and its validation (data only);
 //! - [`replay`]: workers that apply the journal to each target, in order per resource, with retries and
 //!   dead letters;
+//! - [`ops`]: systemd notification, TLS, rate limits, metrics (beside the pipeline; they read staging);
 //! - [`http`]: the axum endpoint: authentication, the SCIM routes, rendering, RFC 7644 error responses;
 //! - [`daemon`]: wiring of all of the above, started and stopped together.
 //!
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod http;
 pub mod mapping;
 pub mod matching;
+pub mod ops;
 pub mod replay;
 pub mod scim;
 pub mod staging;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, JournalAction};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,9 +15,12 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Serve => cli::serve::run(config),
         Command::CheckConfig { connect } => cli::check_config::run(config, *connect),
-        Command::Token { tenant } => cli::token::run(config, tenant),
+        Command::Token { action, tenant } => cli::token::run(config, action.as_ref(), tenant.as_deref()),
         Command::Status => cli::replay::status(config),
-        Command::Journal { target } => cli::replay::journal(config, target.as_deref()),
+        Command::Journal { action: None, target } => cli::replay::journal(config, target.as_deref()),
+        Command::Journal { action: Some(JournalAction::Discard { seq, target: t }), target } => {
+            cli::replay::discard(config, t.as_deref().or(target.as_deref()), *seq)
+        }
         Command::Retry { target, seq } => cli::replay::retry(config, target.as_deref(), *seq),
     };
     match result {

@@ -28,6 +28,8 @@ pub struct ReplaySettings {
     /// First backoff, doubled per failure up to `backoff_max`, with ±25 % jitter.
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
+    /// How often an idle worker makes sure its target still answers.
+    pub probe_interval: Duration,
 }
 
 impl From<&ReplayConfig> for ReplaySettings {
@@ -37,6 +39,7 @@ impl From<&ReplayConfig> for ReplaySettings {
             max_attempts: r.max_attempts,
             backoff_initial: Duration::from_millis(r.backoff_initial_ms),
             backoff_max: Duration::from_secs(r.backoff_max_seconds),
+            probe_interval: Duration::from_secs(r.probe_interval_seconds),
         }
     }
 }
@@ -53,6 +56,8 @@ pub trait ReplayTarget: Send + Sync + 'static {
     /// How many batches may be applied at once.
     fn parallelism(&self) -> usize;
     fn check(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
+    /// Missing downstream indexes, as WARN lines to log at start (see [`Target::index_advice`]).
+    fn missing_indexes(&self) -> impl Future<Output = Vec<String>> + Send;
     /// See [`Target::ping`].
     fn ping(&self) -> impl Future<Output = Result<(), TargetError>> + Send;
     /// See [`Target::apply_batch`].
@@ -76,6 +81,14 @@ impl ReplayTarget for Target {
     }
     fn ping(&self) -> impl Future<Output = Result<(), TargetError>> + Send {
         Target::ping(self)
+    }
+    async fn missing_indexes(&self) -> Vec<String> {
+        let advice = self.index_advice().await.unwrap_or_default();
+        advice
+            .into_iter()
+            .filter(|a| !a.present)
+            .map(|a| format!("{} has no index on {} ({}); create one with: {}", a.table, a.expression, a.key, a.create))
+            .collect()
     }
     fn apply_batch<'a>(
         &'a self,
@@ -145,8 +158,6 @@ impl From<StagingError> for StepError {
     }
 }
 
-/// How often an idle worker makes sure its target still answers.
-const PROBE_INTERVAL: Duration = Duration::from_secs(30);
 /// Longest idle wait between looks at the journal and the retry queue.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -205,6 +216,9 @@ impl<T: ReplayTarget> Worker<T> {
             Ok(()) => {
                 tracing::info!(target = %target, tenants = ?self.binding.tenants, "replay started");
                 self.reachable(&mut health).await;
+                for missing in self.binding.target.missing_indexes().await {
+                    tracing::warn!(target = %target, "{missing}: without it replay scans the table for every new user");
+                }
             }
             Err(e) => {
                 tracing::warn!(target = %target, tenants = ?self.binding.tenants, error = %e.report(), "replay started, but the target is not ready; replay will keep trying");
@@ -219,7 +233,7 @@ impl<T: ReplayTarget> Worker<T> {
             let outcome = match self.step().await {
                 // Nothing to apply: make sure an outage is still seen (and its end too) by pinging now and
                 // then, or at once while the target is known to be down.
-                Ok(false) if health.down.is_some() || health.probed.elapsed() >= PROBE_INTERVAL => {
+                Ok(false) if health.down.is_some() || health.probed.elapsed() >= self.settings.probe_interval => {
                     health.probed = tokio::time::Instant::now();
                     self.binding.target.ping().await.map(|()| false).map_err(StepError::Down)
                 }

@@ -66,7 +66,7 @@ async fn sigkill_loses_no_acknowledged_create() {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n[staging]\npath = \"{}\"\n[log]\nlevel = \"warn\"\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\n# Sixteen writers as fast as they can: no rate limit in the way.\nrate_limit = {{ requests_per_second = 1e9, burst = 1000000 }}\n[staging]\npath = \"{}\"\n[log]\nlevel = \"warn\"\n",
             dir.path().join("staging.db").display()
         ),
     )

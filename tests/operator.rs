@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::bin::{self, Daemon};
+use common::bin::{self, post, staging_rows, until};
 use common::db::{Backend, TestDb};
 use common::proxy::Proxy;
 use serde_json::{Value, json};
@@ -19,47 +19,8 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())).permissions().mode() & 0o777
 }
 
-async fn post(d: &Daemon, token: &str, path: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}{path}", d.base))
-        .bearer_auth(token)
-        .header("content-type", "application/scim+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-}
-
 fn user(name: &str) -> Value {
     json!({"userName": name, "active": true, "name": {"givenName": "G", "familyName": "F"}})
-}
-
-fn staging_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
-    let c = rusqlite::Connection::open(dir.join("data/staging.db")).unwrap();
-    let mut stmt = c.prepare(sql).unwrap();
-    let n = stmt.column_count();
-    stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                r.get_ref(i).map(|v| match v {
-                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
-                    other => other.as_str().map(str::to_owned).unwrap_or_else(|_| format!("{other:?}")),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .unwrap()
-    .collect::<Result<_, _>>()
-    .unwrap()
-}
-
-/// Waits until `f` holds, polling.
-async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// Defect 1: a second `serve` on the same staging database refuses to start and names the first one's
@@ -367,4 +328,114 @@ async fn token_and_serve_together_on_a_new_file() {
         assert!(token.status.success(), "{}", bin::text(&token));
         served.expect("serve started beside token").stop().await;
     }
+}
+
+/// `token list` shows tenants and their token dates but never a token; `token revoke` refuses the
+/// tenant's requests at once; a name that does not exist fails with exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_list_and_revoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bin::config(dir.path(), "[[tenant]]\nname = \"entra\"\n");
+    let cfg = config.display().to_string();
+    let token = bin::token(dir.path(), &config, "entra").await;
+    let other = bin::token(dir.path(), &config, "okta").await;
+    let d = bin::start(dir.path(), &["--config", &cfg], &[]).await.unwrap();
+    let o = bin::run(dir.path(), &["token", "list", "--config", &cfg]).await;
+    let said = bin::text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains("entra: created 20") && said.contains("token issued 20"), "{said}");
+    assert!(said.contains("okta: created") && said.contains("bound to no target"), "{said}");
+    assert!(!said.contains(&token) && !said.contains(&other) && !said.contains("scimb_"), "never a token: {said}");
+
+    assert_eq!(post(&d, &token, "/Users", &user("a@example.com")).await.status(), 201);
+    let o = bin::run(dir.path(), &["token", "revoke", "entra", "--config", &cfg]).await;
+    assert!(o.status.success(), "{}", bin::text(&o));
+    assert_eq!(post(&d, &token, "/Users", &user("b@example.com")).await.status(), 401, "refused at once");
+    assert_eq!(post(&d, &other, "/Users", &user("b@example.com")).await.status(), 201, "other tenants go on");
+    let said = bin::text(&bin::run(dir.path(), &["token", "list", "--config", &cfg]).await);
+    assert!(said.contains("entra: created") && said.contains("NO TOKEN (revoked 20"), "{said}");
+
+    let o = bin::run(dir.path(), &["token", "revoke", "nosuch", "--config", &cfg]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", bin::text(&o));
+    assert!(bin::text(&o).contains("no tenant is named \"nosuch\" (tenants: entra, okta)"), "{}", bin::text(&o));
+    // A new token brings the tenant back, with its data.
+    let token = bin::token(dir.path(), &config, "entra").await;
+    let r = reqwest::Client::new().get(format!("{}/Users", d.base)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["totalResults"], 1);
+    d.stop().await;
+}
+
+/// `journal discard --seq N` drops a dead letter, records who did it in the audit trail, and lets the
+/// change waiting behind it go on; anything but a dead letter is refused with exit code 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_discard_drops_a_dead_letter_and_the_resource_moves_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.db");
+    scim_bridge::daemon::prepare_demo_database(&app).unwrap();
+    let conn = rusqlite::Connection::open(&app).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER no_bob BEFORE INSERT ON employees WHEN NEW.first_name = 'Bobby'
+         BEGIN SELECT RAISE(ABORT, 'no Bobby here'); END;",
+    )
+    .unwrap();
+    let extra = format!(
+        "[replay]\nmax_attempts = 1\n[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\n\
+         url = \"sqlite://{}\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n\
+         [target.users.columns]\nemail = \"@match_email\"\nfirst_name = \"name.givenName\"\n",
+        app.display()
+    );
+    let config = bin::config(dir.path(), &extra);
+    let cfg = config.display().to_string();
+    let token = bin::token(dir.path(), &config, "t").await;
+    let d = bin::start(dir.path(), &["--config", &cfg], &[]).await.unwrap();
+    let created =
+        post(&d, &token, "/Users", &json!({"userName": "bob@example.com", "name": {"givenName": "Bobby"}})).await;
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    until("the create is a dead letter", async || {
+        !staging_rows(dir.path(), "SELECT 1 FROM replay_failures WHERE state = 'dead'").is_empty()
+    })
+    .await;
+    // A later change of the same user waits behind the dead letter.
+    let fix = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "replace", "path": "name.givenName", "value": "Bob"}]});
+    let r = reqwest::Client::new()
+        .patch(format!("{}/Users/{id}", d.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/scim+json")
+        .body(fix.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    until("the fix waits", async || {
+        !staging_rows(dir.path(), "SELECT 1 FROM replay_failures WHERE state = 'waiting'").is_empty()
+    })
+    .await;
+    let dead = staging_rows(dir.path(), "SELECT seq FROM replay_failures WHERE state = 'dead'")[0][0].clone();
+    let waiting = staging_rows(dir.path(), "SELECT seq FROM replay_failures WHERE state = 'waiting'")[0][0].clone();
+
+    for (seq, needle) in
+        [(waiting.as_str(), "is not a dead letter (it is waiting)"), ("999", "no change with sequence 999")]
+    {
+        let o = bin::run(dir.path(), &["journal", "discard", "--seq", seq, "--config", &cfg]).await;
+        assert_eq!(o.status.code(), Some(1), "{}", bin::text(&o));
+        assert!(bin::text(&o).contains(needle), "{}", bin::text(&o));
+    }
+    let o = bin::run(dir.path(), &["journal", "discard", "--seq", &dead, "--config", &cfg]).await;
+    let said = bin::text(&o);
+    assert!(o.status.success(), "{said}");
+    assert!(said.contains(&format!("discarded: crm seq {dead}")) && said.contains("no Bobby here"), "{said}");
+    let audit = staging_rows(
+        dir.path(),
+        &format!("SELECT outcome, detail FROM audit WHERE seq = {dead} AND outcome = 'discarded'"),
+    );
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert!(audit[0][1].contains("journal discard") && audit[0][1].contains("no Bobby here"), "{audit:?}");
+    // The waiting fix goes on, and brings the user downstream as it is now.
+    until("nothing left failing", async || staging_rows(dir.path(), "SELECT 1 FROM replay_failures").is_empty()).await;
+    let bob: String =
+        conn.query_row("SELECT first_name FROM employees WHERE email = 'bob@example.com'", [], |r| r.get(0)).unwrap();
+    assert_eq!(bob, "Bob");
+    d.stop().await;
 }

@@ -452,3 +452,64 @@ async fn postgres_nul_is_a_clear_dead_letter() {
     assert!(f[0][1].contains("0x00"), "{}", f[0][1]);
     s.stop().await;
 }
+
+/// Replay searches by the match column (lowered where the database compares case-sensitively), the link
+/// columns, the group name and both membership columns: each target reports which of them are not indexed,
+/// with the statement that creates the index for its database, and the statements work.
+async fn downstream_indexes(backend: Backend) {
+    let db = TestDb::create(backend).await;
+    db.create_tables("").await;
+    let cfg =
+        format!("[[tenant]]\nname = \"tenant-a\"\ntargets = [\"crm\"]\n{}", target_toml("crm", &db.url, "", "block"));
+    let config =
+        scim_bridge::config::Config::parse(&format!("[staging]\npath = \"/nonexistent/s.db\"\n{cfg}")).unwrap();
+    let bindings = scim_bridge::daemon::bindings(&config).unwrap();
+    let target = &bindings[0].target;
+    target.check().await.unwrap();
+    let advice = target.index_advice().await.unwrap();
+    let missing: Vec<(&str, &str)> =
+        advice.iter().filter(|a| !a.present).map(|a| (a.key, a.expression.as_str())).collect();
+    let lowered = if backend == Backend::Mariadb { "email" } else { "lower(email)" };
+    let name = if backend == Backend::Mariadb { "name" } else { "lower(name)" };
+    assert_eq!(
+        missing,
+        [("users.match_column", lowered), ("groups.name_column", name), ("groups.member_user_column", "employee_id")],
+        "{advice:#?}"
+    );
+    assert!(
+        advice.iter().any(|a| a.key == "groups.member_group_column" && a.present),
+        "the primary key leads with team_id"
+    );
+    for a in advice.iter().filter(|a| !a.present) {
+        db.exec(&a.create).await;
+    }
+    let again = target.index_advice().await.unwrap();
+    assert!(again.iter().all(|a| a.present), "{again:#?}");
+    if backend == Backend::Sqlite {
+        // And the lookup replay makes uses it.
+        let conn = rusqlite::Connection::open(db.url.trim_start_matches("sqlite://")).unwrap();
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT CAST(\"id\" AS TEXT) FROM \"employees\" WHERE LOWER(\"email\") = LOWER(?1)",
+                ["x"],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("employees_email_lower_idx"), "{plan}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_downstream_indexes() {
+    downstream_indexes(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_downstream_indexes() {
+    downstream_indexes(Backend::Mariadb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_downstream_indexes() {
+    downstream_indexes(Backend::Sqlite).await;
+}

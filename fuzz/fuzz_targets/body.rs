@@ -3,6 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use scim_bridge::scim::Rules;
 use scim_bridge::scim::schema::{self, Kind};
 use serde_json::Value;
 
@@ -12,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
         for strict in [false, true] {
             let Ok(n) = schema::normalize_resource(kind, &body, strict) else { continue };
             if let Value::Object(doc) = &n {
-                let _ = scim_bridge::scim::validate(kind, doc);
+                for require_match_email in [false, true] {
+                    let _ = scim_bridge::scim::validate(kind, doc, Rules { strict, require_match_email });
+                }
             }
             match schema::normalize_resource(kind, &n, strict) {
                 Ok(again) => assert_eq!(again, n, "normalising twice changed the document"),

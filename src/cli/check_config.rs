@@ -27,7 +27,19 @@ pub fn run(path: Option<&Path>, connect: bool) -> anyhow::Result<()> {
             for b in &bindings {
                 let name = b.target.name();
                 match tokio::time::timeout(Duration::from_secs(30), b.target.check()).await {
-                    Ok(Ok(())) => println!("target {name}: reachable, tables and columns as configured"),
+                    Ok(Ok(())) => {
+                        println!("target {name}: reachable, tables and columns as configured");
+                        for a in b.target.index_advice().await.unwrap_or_default() {
+                            if a.present {
+                                println!("target {name}: {} indexed on {} ({})", a.table, a.expression, a.key);
+                            } else {
+                                println!(
+                                    "target {name}: {} has no index on {} ({}): replay searches the whole table for every change that needs it; create one with\n    {}",
+                                    a.table, a.expression, a.key, a.create
+                                );
+                            }
+                        }
+                    }
                     Ok(Err(e)) => {
                         failed += 1;
                         println!("target {name}: {}", e.report());

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use scim_bridge::config::Config;
+use scim_bridge::config::{Config, LogConfig, LogFormat};
+use scim_bridge::daemon::LogLevel;
+use scim_bridge::ops::notify::stderr_is_journal;
 
 #[derive(Parser)]
 #[command(version, about = "SCIM 2.0 bridge from Entra ID / Okta to SQL databases and LDAP directories")]
@@ -33,14 +35,22 @@ pub enum Command {
         connect: bool,
     },
     /// Create a tenant, or rotate its token, and print the new token once. The old token stops working at once.
+    /// `token list` shows the tenants, `token revoke <tenant>` withdraws a token.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Token {
+        #[command(subcommand)]
+        action: Option<TokenAction>,
         /// Tenant name (letters, digits, '-', '_', '.').
-        tenant: String,
+        #[arg(required = true)]
+        tenant: Option<String>,
     },
     /// Replay progress per target: journal position, lag, failed and dead changes.
     Status,
     /// List changes that failed to replay (retrying, dead letters, and those waiting behind them).
+    /// `journal discard --seq N` drops a dead letter for good.
     Journal {
+        #[command(subcommand)]
+        action: Option<JournalAction>,
         /// Only this target.
         #[arg(long)]
         target: Option<String>,
@@ -53,6 +63,31 @@ pub enum Command {
         /// Only this journal sequence number.
         #[arg(long)]
         seq: Option<i64>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenAction {
+    /// The tenants, with when each was created and its token issued or revoked (never the tokens).
+    List,
+    /// Revoke a tenant's token: its requests are refused from now on. Its data stays; `token <tenant>`
+    /// issues a new token.
+    Revoke { tenant: String },
+    /// Same as `token <tenant>`, for a tenant named like a subcommand.
+    Rotate { tenant: String },
+}
+
+#[derive(Subcommand)]
+pub enum JournalAction {
+    /// Drop a dead letter: the change will never be applied to the target. Recorded in the audit trail;
+    /// the changes of the same resource waiting behind it go on.
+    Discard {
+        /// The dead letter's journal sequence number (see `journal`).
+        #[arg(long)]
+        seq: i64,
+        /// Only the dead letter of this target (default: every target where that change is dead).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -70,12 +105,37 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    // Colour only on a terminal: under systemd, escape codes would land in the journal.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+/// Sets up logging as `[log]` says: text for people (without timestamps under systemd, whose journal
+/// adds them, and without colour off a terminal) or JSON, one object per line. Returns what changes the
+/// level on reload; `RUST_LOG`, when set, wins over `log.level` both now and then.
+pub fn init_logging(log: &LogConfig) -> LogLevel {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+
+    let from_env = std::env::var_os("RUST_LOG").is_some();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    let journal = stderr_is_journal();
+    match log.format {
+        LogFormat::Json => registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).init(),
+        LogFormat::Text if journal => {
+            registry.with(fmt::layer().without_time().with_ansi(false).with_writer(std::io::stderr)).init()
+        }
+        LogFormat::Text => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            registry.with(fmt::layer().with_ansi(ansi).with_writer(std::io::stderr)).init()
+        }
+    }
+    std::sync::Arc::new(move |level: &str| {
+        if from_env {
+            tracing::info!("log.level is not applied: RUST_LOG is set and wins");
+            return Ok(());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("{level:?} is not a valid filter: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }
 
 /// A runtime for commands that do a little async work (connection checks).

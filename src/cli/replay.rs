@@ -164,3 +164,41 @@ pub fn retry(path: Option<&Path>, target: Option<&str>, seq: Option<i64>) -> any
     }
     Ok(())
 }
+
+/// Who ran a command, for the audit trail.
+fn operator() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self").map(|m| m.uid().to_string()).unwrap_or_else(|_| "?".into());
+    let name = std::env::var("SUDO_USER").or_else(|_| std::env::var("USER")).or_else(|_| std::env::var("LOGNAME"));
+    match name {
+        Ok(n) => format!("{n} (uid {uid}) with `scim-bridge journal discard`"),
+        Err(_) => format!("uid {uid} with `scim-bridge journal discard`"),
+    }
+}
+
+pub fn discard(path: Option<&Path>, target: Option<&str>, seq: i64) -> anyhow::Result<()> {
+    let (config, store) = open(path)?;
+    known_target(&config, target)?;
+    let seq = ChangeSeq(seq);
+    if !store.has_entry(seq)? {
+        anyhow::bail!("the journal has no change with sequence {seq}");
+    }
+    let dropped = store.discard(target, seq, &operator(), now_ms())?;
+    if dropped.is_empty() {
+        let state = store.list_failures(target)?.into_iter().find(|f| f.seq == seq).map(|f| f.state);
+        match state {
+            Some(st) => anyhow::bail!(
+                "change {seq} is not a dead letter (it is {}); only dead letters are discarded",
+                st.as_str()
+            ),
+            None => anyhow::bail!(
+                "change {seq} is not a dead letter{}",
+                target.map(|t| format!(" of target {t}")).unwrap_or_default()
+            ),
+        }
+    }
+    for f in &dropped {
+        println!("discarded: {} (recorded in the audit trail)", describe(f));
+    }
+    Ok(())
+}

@@ -1,9 +1,12 @@
-//! `scim-bridge serve`: the daemon, until SIGTERM or Ctrl-C.
+//! `scim-bridge serve`: the daemon, until SIGTERM or Ctrl-C; SIGHUP reloads the configuration.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use scim_bridge::config::Config;
+use scim_bridge::daemon::{ConfigSource, Hooks, LogLevel};
+use scim_bridge::ops::notify::Notifier;
 use scim_bridge::staging::DaemonLock;
 use scim_bridge::{daemon, staging};
 
@@ -11,13 +14,14 @@ use super::{init_logging, load_config};
 
 pub fn run(path: Option<&Path>) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    init_logging(&config.log.level);
+    let log_level = init_logging(&config.log);
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("while starting the runtime")?;
-    runtime.block_on(serve(config, path.is_none()))
+    runtime.block_on(serve(config, path.map(Path::to_owned), log_level))
 }
 
-async fn serve(config: Config, embedded: bool) -> anyhow::Result<()> {
+async fn serve(config: Config, path: Option<PathBuf>, log_level: LogLevel) -> anyhow::Result<()> {
+    let embedded = path.is_none();
     let addr = config.listen_addr()?;
     let staging_path = config.staging.path.clone();
     // Before anything is created or printed: a second daemon on the same staging database stops here.
@@ -51,7 +55,8 @@ async fn serve(config: Config, embedded: bool) -> anyhow::Result<()> {
     }
     let local = listener.local_addr()?;
     let base = config.server.base_path.trim_end_matches('/');
-    println!("scim-bridge listening on http://{local}{base}");
+    let scheme = if config.server.tls.is_some() { "https" } else { "http" };
+    println!("scim-bridge listening on {scheme}://{local}{base}");
     tracing::info!(
         listen = %local,
         base_path = base,
@@ -61,9 +66,34 @@ async fn serve(config: Config, embedded: bool) -> anyhow::Result<()> {
         targets = config.targets.len(),
         "scim-bridge started"
     );
-    daemon::run_locked(&config, &lock, listener, shutdown_signal()).await?;
+    let notifier = Arc::new(Notifier::from_env());
+    if notifier.enabled() {
+        tracing::debug!(watchdog = ?notifier.watchdog_interval(), "notifying the service manager");
+    }
+    let hooks = Hooks {
+        notifier: Some(notifier),
+        reload: Some(reload_requests()?),
+        source: path.map(|p| -> ConfigSource { Arc::new(move || load_config(Some(&p)).map_err(|e| format!("{e:#}"))) }),
+        log_level: Some(log_level),
+    };
+    daemon::run_service(&config, &lock, listener, shutdown_signal(), hooks).await?;
     tracing::info!("scim-bridge stopped; every acknowledged change is committed");
     Ok(())
+}
+
+/// SIGHUP, as a stream of reload requests.
+fn reload_requests() -> anyhow::Result<tokio::sync::mpsc::UnboundedReceiver<()>> {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("while setting up the SIGHUP handler")?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn shutdown_signal() {

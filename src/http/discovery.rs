@@ -11,14 +11,14 @@ use crate::scim::error::ScimError;
 use crate::scim::schema::{self, Kind};
 
 pub(super) async fn service_provider_config(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let base = base_url(&state.settings, &headers);
+    let base = base_url(&state.settings(), &headers);
     scim_response(
         StatusCode::OK,
         Some(json!({
             "schemas": ["urn:ietf:params:scim:schemas:core:2.0:ServiceProviderConfig"],
             "patch": {"supported": true},
             "bulk": {"supported": false, "maxOperations": 0, "maxPayloadSize": 0},
-            "filter": {"supported": true, "maxResults": state.settings.max_page_size},
+            "filter": {"supported": true, "maxResults": state.settings().max_page_size},
             "changePassword": {"supported": false},
             "sort": {"supported": true},
             "etag": {"supported": true},
@@ -61,7 +61,7 @@ fn list_of(items: Vec<Value>) -> Response {
 }
 
 pub(super) async fn resource_types(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let base = base_url(&state.settings, &headers);
+    let base = base_url(&state.settings(), &headers);
     list_of([Kind::User, Kind::Group].iter().map(|k| resource_type_json(*k, &base)).collect())
 }
 
@@ -70,7 +70,7 @@ pub(super) async fn resource_type(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    let base = base_url(&state.settings, &headers);
+    let base = base_url(&state.settings(), &headers);
     match [Kind::User, Kind::Group].into_iter().find(|k| k.as_str().eq_ignore_ascii_case(&name)) {
         Some(k) => scim_response(StatusCode::OK, Some(resource_type_json(k, &base))),
         None => ScimError::not_found("ResourceType", &name).into_response(),
@@ -113,7 +113,7 @@ pub(super) async fn schemas(
     axum::Extension(ctx): axum::Extension<Ctx>,
     headers: HeaderMap,
 ) -> Response {
-    list_of(all_schemas(&base_url(&state.settings, &headers), ctx.rules))
+    list_of(all_schemas(&base_url(&state.settings(), &headers), ctx.rules))
 }
 
 pub(super) async fn schema_by_id(
@@ -122,7 +122,7 @@ pub(super) async fn schema_by_id(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let all = all_schemas(&base_url(&state.settings, &headers), ctx.rules);
+    let all = all_schemas(&base_url(&state.settings(), &headers), ctx.rules);
     match all.into_iter().find(|s| s["id"].as_str().is_some_and(|s| s.eq_ignore_ascii_case(&id))) {
         Some(s) => scim_response(StatusCode::OK, Some(s)),
         None => ScimError::not_found("Schema", &id).into_response(),

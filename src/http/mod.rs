@@ -5,11 +5,15 @@
 mod auth;
 mod discovery;
 mod error;
+mod monitor;
 mod render;
 mod resources;
 mod search;
+mod server;
+mod settings;
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,70 +26,63 @@ use axum::routing::{MethodRouter, get};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::config::ServerConfig;
+use crate::ops::Shared;
+use crate::ops::metrics::Metrics;
+use crate::ops::rate::{Buckets, LogThrottle};
 use crate::scim::error::{ScimError, Status};
 use crate::scim::schema::Kind;
 use crate::scim::{Rules, SCIM_CONTENT_TYPE};
+use crate::staging::replay_state::ReplayStore;
 use crate::staging::{Staging, Tenant};
 
 pub use self::render::{etag, render};
+pub use self::server::{ConnectionLimits, Listener, Rewrite};
+pub use self::settings::{MetricsAccess, ScimSettings, TenantRules};
 
-#[derive(Debug, Clone)]
-pub struct ScimSettings {
-    /// Path prefix of every SCIM endpoint, e.g. `/scim/v2`.
-    pub base_path: String,
-    /// Requests with larger bodies are refused with 413.
-    pub max_body_bytes: usize,
-    /// What each tenant's requests are held to (strictness, the match-email rule of its targets).
-    pub rules: TenantRules,
-    /// Page size when a list request gives no `count`.
-    pub default_page_size: usize,
-    /// Largest page served (`ServiceProviderConfig.filter.maxResults`).
-    pub max_page_size: usize,
-    /// Absolute base URL for `meta.location` and `Location`; derived from the Host header when unset.
-    pub public_url: Option<String>,
+/// What the HTTP layer serves from: staging, the settings in force (swapped on reload), the metrics
+/// registry, and replay's state in staging for readiness and metrics.
+#[derive(Clone)]
+pub struct Service {
+    pub staging: Staging,
+    pub settings: Arc<Shared<ScimSettings>>,
+    pub metrics: Arc<Metrics>,
+    /// Replay's state, read by `/readyz` and `/metrics`; without it they report staging only.
+    pub replay: Option<ReplayStore>,
 }
 
-impl From<&ServerConfig> for ScimSettings {
-    fn from(s: &ServerConfig) -> Self {
-        ScimSettings {
-            base_path: s.base_path.clone(),
-            max_body_bytes: s.max_body_bytes,
-            rules: TenantRules {
-                default: Rules { strict: s.strict, require_match_email: false },
-                ..Default::default()
-            },
-            default_page_size: s.default_page_size,
-            max_page_size: s.max_page_size,
-            public_url: s.public_url.clone(),
-        }
-    }
-}
-
-impl Default for ScimSettings {
-    fn default() -> Self {
-        (&ServerConfig::default()).into()
-    }
-}
-
-/// The rules of each tenant; a tenant not listed (no `[[tenant]]` block) gets the default.
-#[derive(Debug, Clone, Default)]
-pub struct TenantRules {
-    pub default: Rules,
-    pub tenants: std::collections::HashMap<String, Rules>,
-}
-
-impl TenantRules {
-    pub fn of(&self, tenant: &str) -> Rules {
-        self.tenants.get(tenant).copied().unwrap_or(self.default)
+impl Service {
+    /// A service on `staging` alone (no replay state), as tests and benchmarks start it.
+    pub fn new(staging: Staging, settings: ScimSettings) -> Service {
+        Service { staging, settings: Arc::new(Shared::new(settings)), metrics: Arc::new(Metrics::new()), replay: None }
     }
 }
 
 #[derive(Clone)]
 struct AppState {
     staging: Staging,
-    settings: Arc<ScimSettings>,
+    shared: Arc<Shared<ScimSettings>>,
+    metrics: Arc<Metrics>,
+    replay: Option<ReplayStore>,
+    /// Lists being read and rendered at once. Each holds up to a page of resources (max_page_size) and
+    /// its JSON; many large pages at once would only grow memory, not go faster, on a few cores.
+    lists: Arc<tokio::sync::Semaphore>,
+    tenant_rates: Arc<Buckets<String>>,
+    auth_failures: Arc<Buckets<IpAddr>>,
+    log_throttle: Arc<LogThrottle<String>>,
+    ready: Arc<monitor::ReadyCache>,
+    /// Becomes true when shutdown begins.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+impl AppState {
+    /// The settings in force now.
+    fn settings(&self) -> Arc<ScimSettings> {
+        self.shared.get()
+    }
+}
+
+/// See `AppState::lists`.
+const CONCURRENT_LISTS: usize = 4;
 
 /// Per-request context set by the authentication layer.
 #[derive(Clone)]
@@ -96,9 +93,26 @@ struct Ctx {
     rules: Rules,
 }
 
-pub fn router(staging: Staging, settings: ScimSettings) -> Router {
-    let base = settings.base_path.trim_end_matches('/').to_owned();
-    let state = AppState { staging, settings: Arc::new(settings) };
+/// The application: the SCIM endpoints below the base path, and `/healthz`, `/readyz`, `/metrics` beside it.
+/// The base path is fixed for the life of the router (a change needs a restart).
+pub fn router(service: Service) -> Router {
+    router_stopping(service, Arc::new(tokio::sync::watch::Sender::new(false)))
+}
+
+fn router_stopping(service: Service, stopping: Arc<tokio::sync::watch::Sender<bool>>) -> Router {
+    let base = service.settings.get().base_path.trim_end_matches('/').to_owned();
+    let state = AppState {
+        staging: service.staging,
+        shared: service.settings,
+        metrics: service.metrics,
+        replay: service.replay,
+        lists: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LISTS)),
+        tenant_rates: Arc::new(Buckets::new()),
+        auth_failures: Arc::new(Buckets::new()),
+        log_throttle: Arc::new(LogThrottle::new(Duration::from_secs(60))),
+        ready: Arc::new(monitor::ReadyCache::default()),
+        stopping,
+    };
     let scim = Router::new()
         .route("/Users", resources::collection(Kind::User))
         .route("/Users/.search", search_route(&[Kind::User]))
@@ -127,12 +141,16 @@ pub fn router(staging: Staging, settings: ScimSettings) -> Router {
         .route("/Schemas", read_only(get(discovery::schemas)))
         .route("/Schemas/{id}", read_only(get(discovery::schema_by_id)))
         .fallback(|| async { ScimError::new(Status::NotFound, None, "no such SCIM endpoint") })
-        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate))
-        .with_state(state);
-    let app = Router::new().route("/healthz", get(|| async { "ok" }));
+        .layer(middleware::from_fn_with_state(state.clone(), auth::authenticate));
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(monitor::readyz))
+        .route("/metrics", get(monitor::metrics));
     let app = if base.is_empty() { app.merge(scim) } else { app.nest(&base, scim) };
     // The body limit is enforced while reading, so that the 413 carries a SCIM error body.
-    app.layer(DefaultBodyLimit::disable())
+    app.layer(middleware::from_fn_with_state(state.clone(), monitor::observe))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
 }
 
 /// The resource endpoints' names as RFC 7644 writes them. Clients send them in other cases (`/users`, as
@@ -213,10 +231,19 @@ fn base_url(settings: &ScimSettings, headers: &HeaderMap) -> String {
 }
 
 fn scim_response(status: StatusCode, body: Option<Value>) -> Response {
-    let mut resp = match body {
-        Some(b) => (status, b.to_string()).into_response(),
-        None => status.into_response(),
-    };
+    match body {
+        Some(b) => scim_text(status, b.to_string()),
+        None => {
+            let mut resp = status.into_response();
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
+            resp
+        }
+    }
+}
+
+/// A response whose JSON body is already written.
+fn scim_text(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(SCIM_CONTENT_TYPE));
     resp
 }
@@ -228,8 +255,9 @@ fn with_etag(mut resp: Response, version: i64) -> Response {
     resp
 }
 
-/// Serves SCIM on `listener` until `shutdown` resolves, then lets in-flight requests finish (at most
-/// `grace`), then stops the staging writer once everything acknowledged is committed.
+/// Serves SCIM on `listener` with the default connection limits until `shutdown` resolves, then lets
+/// in-flight requests finish (at most `grace`), then stops the staging writer once everything
+/// acknowledged is committed. For tests and benchmarks; the daemon uses [`serve_with`].
 ///
 /// # Errors
 /// The listener fails.
@@ -240,29 +268,34 @@ pub async fn serve(
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let base = settings.base_path.trim_end_matches('/').to_owned();
+    let listener =
+        Listener { listener, tls: None, limits: Arc::new(Shared::new(ConnectionLimits::default())), refused: None };
+    serve_with(listener, Service::new(staging, settings), grace, shutdown).await
+}
+
+/// Serves `service` on `listener` (TLS and limits as it says) until `shutdown` resolves, then lets
+/// in-flight requests finish (at most `grace`), then stops the staging writer once everything
+/// acknowledged is committed.
+///
+/// # Errors
+/// The listener fails.
+pub async fn serve_with(
+    listener: Listener,
+    service: Service,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let staging = service.staging.clone();
+    let base = service.settings.get().base_path.trim_end_matches('/').to_owned();
     // Paths are rewritten before routing: a router layer would run after the route was chosen.
-    let rewrite = tower::util::MapRequestLayer::new(move |req| rewrite_path(&base, req));
-    let app = tower::Layer::layer(&rewrite, router(staging.clone(), settings));
-    let app =
-        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(app);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let rewrite: Rewrite = Arc::new(move |req| rewrite_path(&base, req));
+    let stopping = Arc::new(tokio::sync::watch::Sender::new(false));
+    let app = router_stopping(service, stopping.clone());
+    let shutdown = async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stop_rx2 = stop_rx.clone();
-    let result = tokio::select! {
-        r = server => r,
-        _ = async {
-            let _ = stop_rx2.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        } => {
-            tracing::warn!(grace_seconds = grace.as_secs(), "in-flight requests did not finish in time; closing them");
-            Ok(())
-        }
+        stopping.send_replace(true);
     };
-    drop(stop_rx);
+    let result = server::run(listener, app, rewrite, grace, shutdown).await;
     staging.close().await;
     result
 }

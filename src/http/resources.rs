@@ -91,7 +91,13 @@ pub(super) fn quote(text: &str) -> String {
 
 /// Reads a JSON body within the size limit. `application/scim+json` and `application/json` are accepted
 /// (Okta sends the latter); a missing content type is tolerated.
-pub(super) async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> Result<Value, ScimError> {
+pub(super) async fn read_json(
+    headers: &HeaderMap,
+    body: Body,
+    settings: &ScimSettings,
+    state: &AppState,
+) -> Result<Value, ScimError> {
+    let limit = settings.max_body_bytes;
     if let Some(ct) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
         let mime = ct.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         if mime != SCIM_CONTENT_TYPE && mime != "application/json" {
@@ -107,7 +113,22 @@ pub(super) async fn read_json(headers: &HeaderMap, body: Body, limit: usize) -> 
     if declared.is_some_and(|n| n > limit) {
         return Err(ScimError::payload_too_large(limit));
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+    // A body still arriving when shutdown begins is cut short: a slow upload must not hold the shutdown
+    // for the whole grace period, and nothing of it has been stored.
+    let mut stopping = state.stopping.subscribe();
+    let read = tokio::select! {
+        read = tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, limit)) => read.map_err(|_| {
+            ScimError::new(
+                Status::RequestTimeout,
+                None,
+                format!("the request body did not arrive within {} s", settings.body_timeout.as_secs()),
+            )
+        })?,
+        _ = stopping.wait_for(|s| *s) => {
+            return Err(ScimError::unavailable("the service is shutting down; the change was not stored, retry later"));
+        }
+    };
+    let bytes = read.map_err(|e| {
         let inner = e.into_inner();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
         while let Some(s) = source {
@@ -199,10 +220,10 @@ pub(super) async fn create(
     body: Body,
     kind: Kind,
 ) -> Result<Response, ScimError> {
-    let settings = &state.settings;
+    let settings = &state.settings();
     // Everything that can refuse the request is checked before the change is committed.
     let projection = projection(kind, &q)?;
-    let body = read_json(&headers, body, settings.max_body_bytes).await?;
+    let body = read_json(&headers, body, settings, &state).await?;
     let doc = normalized(kind, &body, ctx.rules)?;
     let stored = stage(&state, &ctx, Change::Create { kind, doc }).await?.resource.ok_or_else(ScimError::internal)?;
     respond(StatusCode::CREATED, &stored, &projection, &headers, settings)
@@ -224,7 +245,7 @@ pub(super) async fn get_one(
         .await
         .map_err(|e| internal(&ctx.request_id, e))?
         .ok_or_else(|| ScimError::not_found(kind.as_str(), &id))?;
-    respond(StatusCode::OK, &stored, &projection, &headers, &state.settings)
+    respond(StatusCode::OK, &stored, &projection, &headers, &state.settings())
 }
 
 pub(super) async fn replace(
@@ -236,9 +257,9 @@ pub(super) async fn replace(
     body: Body,
     kind: Kind,
 ) -> Result<Response, ScimError> {
-    let settings = &state.settings;
+    let settings = &state.settings();
     let projection = projection(kind, &q)?;
-    let body = read_json(&headers, body, settings.max_body_bytes).await?;
+    let body = read_json(&headers, body, settings, &state).await?;
     if let Some(body_id) = filter::get_ci(&body, "id").and_then(Value::as_str)
         && body_id != id
     {
@@ -259,9 +280,9 @@ pub(super) async fn patch_one(
     body: Body,
     kind: Kind,
 ) -> Result<Response, ScimError> {
-    let settings = &state.settings;
+    let settings = &state.settings();
     let projection = projection(kind, &q)?;
-    let body = read_json(&headers, body, settings.max_body_bytes).await?;
+    let body = read_json(&headers, body, settings, &state).await?;
     let ops = patch::parse_request(&body)?;
     let change = Change::Patch { kind, id, ops, if_match: if_match(&headers) };
     let stored = stage(&state, &ctx, change).await?.resource.ok_or_else(ScimError::internal)?;

@@ -4,12 +4,12 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::error::internal;
-use super::render::render;
+use super::render::render_text;
 use super::resources::{QueryParams, quote, read_json};
-use super::{AppState, Ctx, base_url, param, scim_response};
+use super::{AppState, Ctx, base_url, param, scim_text};
 use crate::scim::check_filter;
 use crate::scim::error::{ScimError, Status};
 use crate::scim::filter::{self, Filter};
@@ -147,7 +147,7 @@ impl ListRequest {
 
     /// The page window: RFC 7644 §3.4.2.4 reads startIndex below 1 as 1 and a negative count as 0.
     fn window(&self, state: &AppState) -> (usize, usize) {
-        let s = &state.settings;
+        let s = &state.settings();
         let start = self.start.unwrap_or(1).max(1) as usize;
         let count = self.count.map(|c| c.max(0) as usize).unwrap_or(s.default_page_size).min(s.max_page_size);
         (start, count)
@@ -167,20 +167,20 @@ fn part(kind: Kind, r: &ListRequest, filter: Option<Filter>, start: usize, count
     }
     let projection = Projection::parse(kind, r.attributes.as_deref(), r.excluded.as_deref())?;
     let with_members = kind == Kind::Group && projection.wants("members");
-    Ok(Part { kind, query: ListQuery { filter, sort: r.sort(kind)?, start, count, with_members }, projection })
+    // Without a projection the bodies are sent as stored, spliced rather than parsed and written again.
+    let raw = projection.is_empty();
+    Ok(Part { kind, query: ListQuery { filter, sort: r.sort(kind)?, start, count, with_members, raw }, projection })
 }
 
-fn list_response(total: usize, start: usize, resources: Vec<Value>) -> Response {
-    scim_response(
-        StatusCode::OK,
-        Some(json!({
-            "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
-            "totalResults": total,
-            "startIndex": start,
-            "itemsPerPage": resources.len(),
-            "Resources": resources,
-        })),
-    )
+/// The ListResponse, its resources already written as JSON.
+fn list_response(total: usize, start: usize, resources: Vec<String>) -> Response {
+    let mut body = format!(
+        "{{\"schemas\":[\"urn:ietf:params:scim:api:messages:2.0:ListResponse\"],\"totalResults\":{total},\"startIndex\":{start},\"itemsPerPage\":{},\"Resources\":[",
+        resources.len()
+    );
+    body.push_str(&resources.join(","));
+    body.push_str("]}");
+    scim_text(StatusCode::OK, body)
 }
 
 /// Runs a list over one resource type, or over several (a search at the root: each type in turn, users
@@ -214,9 +214,10 @@ async fn run(
     if parts.is_empty() {
         return Err(first_error.unwrap_or_else(ScimError::internal));
     }
-    let base = base_url(&state.settings, headers);
+    let base = base_url(&state.settings(), headers);
+    let _turn = state.lists.acquire().await.map_err(|_| ScimError::internal())?;
     let mut total = 0usize;
-    let mut resources: Vec<Value> = Vec::new();
+    let mut resources: Vec<String> = Vec::new();
     // Position in the combined list where this type's rows begin.
     let mut offset = 0usize;
     for mut p in parts {
@@ -228,7 +229,13 @@ async fn run(
             state.staging.list(ctx.tenant.id, p.kind, p.query).await.map_err(|e| internal(&ctx.request_id, e))?;
         total += page.total;
         offset += page.total;
-        resources.extend(page.resources.iter().map(|s| Value::Object(p.projection.apply(render(s, &base)))));
+        resources.extend(page.resources.iter().map(|s| {
+            if p.projection.is_empty() {
+                render_text(s, &base)
+            } else {
+                Value::Object(p.projection.apply(super::render::render(s, &base))).to_string()
+            }
+        }));
     }
     Ok(list_response(total, start, resources))
 }
@@ -251,12 +258,14 @@ pub(super) async fn search(
     body: axum::body::Body,
     kinds: &[Kind],
 ) -> Result<Response, ScimError> {
-    let body = read_json(&headers, body, state.settings.max_body_bytes).await?;
+    let body = read_json(&headers, body, &state.settings(), &state).await?;
     run(&state, &ctx, kinds, ListRequest::from_body(&body)?, &headers).await
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -47,6 +47,9 @@ impl ReplayTarget for Memory {
     async fn check(&self) -> Result<(), TargetError> {
         Ok(())
     }
+    async fn missing_indexes(&self) -> Vec<String> {
+        Vec::new()
+    }
     async fn ping(&self) -> Result<(), TargetError> {
         if self.state().down { Err(TargetError::transient("connection refused")) } else { Ok(()) }
     }
@@ -106,6 +109,7 @@ impl Harness {
             max_attempts: 2,
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(8),
+            probe_interval: Duration::from_secs(30),
         };
         let (stop, stopping) = watch::channel(false);
         let binding = Binding { target: target.clone(), tenants: vec!["t".into()] };

@@ -35,6 +35,11 @@ impl Projection {
         })
     }
 
+    /// Whether the projection leaves every attribute as it is (no `attributes`, no `excludedAttributes`).
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
     /// Whether group members must be loaded for this projection (a 10,000-member group is expensive).
     pub fn wants(&self, name: &str) -> bool {
         let named = |l: &[Resolved]| l.iter().any(|r| r.extension.is_none() && r.attr.name == name && r.sub.is_none());

@@ -14,7 +14,7 @@ use crate::scim::schema::Kind;
 pub struct TenantId(pub i64);
 
 /// The sequence number of a journal entry; replay applies the entries of one resource in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ChangeSeq(pub i64);
 
 impl fmt::Display for ChangeSeq {

@@ -174,6 +174,14 @@ const MIGRATIONS: &[&str] = &[
         UPDATE resource_counts SET count = count - 1 WHERE tenant_id = old.tenant_id AND kind = old.kind;
     END;
     "#,
+    // 8: one row the writer rewrites when readiness is checked, so that /readyz proves staging takes a
+    // durable write now (disk full, read-only file system) rather than that it once did.
+    r#"
+    CREATE TABLE heartbeat (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at TEXT NOT NULL
+    );
+    "#,
 ];
 
 /// Brings the database to the latest schema version. Safe against another process opening the same new
@@ -253,7 +261,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 7);
+        assert_eq!(latest_version(), 8);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

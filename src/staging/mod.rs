@@ -3,6 +3,7 @@
 //! failures, audit). One writer thread owns the write connection and commits concurrent requests together
 //! (group commit); readers use a small pool. Below it is only the protocol model, `crate::scim`.
 
+mod checkpoint;
 mod files;
 pub mod journal;
 mod members;
@@ -29,7 +30,10 @@ pub use files::{DaemonLock, private_file, running_daemon};
 pub use journal::{ChangeSeq, ResourceId, ResourceRef, TenantId};
 pub use migrations::MigrationError;
 pub use read::{ListQuery, Page};
-pub use tenants::{Tenant, generate_token, hash_token, list_tenants, rotate_token, tenant_names, validate_tenant_name};
+pub use tenants::{
+    Tenant, TenantInfo, generate_token, hash_token, list_tenants, revoke_token, rotate_token, tenant_infos,
+    tenant_names, validate_tenant_name,
+};
 
 /// A resource as staged.
 #[derive(Debug, Clone)]
@@ -40,6 +44,8 @@ pub struct Stored {
     pub doc: Map<String, Value>,
     /// Group members, when they were asked for.
     pub members: Option<Vec<Member>>,
+    /// The stored body as is, when a list asked for it unparsed (`ListQuery::raw`); `doc` is then empty.
+    pub body: Option<String>,
     pub version: i64,
     pub created: String,
     pub last_modified: String,
@@ -148,6 +154,8 @@ struct Inner {
     readers: Mutex<Vec<Connection>>,
     commits: tokio::sync::watch::Receiver<u64>,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop_checkpoints: Arc<std::sync::atomic::AtomicBool>,
     /// Writes and deletes per (tenant, kind), counted by the writer: they tell when position marks are stale.
     generations: Generations,
     marks: Mutex<read::MarksCache>,
@@ -210,6 +218,10 @@ fn open_connection(path: &Path) -> Result<Connection, StagingError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // After a checkpoint, the WAL file is cut back to this size instead of staying at its largest.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    // No connection checkpoints on its own commits (the writer's requests, replay's steps would wait for
+    // it): the daemon's checkpointer thread does (see `checkpoint`), and SQLite checkpoints when the last
+    // connection closes.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     conn.set_prepared_statement_cache_capacity(64);
     // Refuse to run without the durability the contract promises (a filesystem without shared memory
     // support would silently leave WAL off).
@@ -233,6 +245,16 @@ impl Staging {
     /// The directory or file cannot be created or opened, or the schema is newer than this build.
     pub fn open(path: &Path, options: StagingOptions) -> Result<Staging, StagingError> {
         let conn = open_migrated(path)?;
+        // A larger cache keeps the indexes' hot pages in memory as the tables grow.
+        conn.pragma_update(None, "cache_size", -65536)?;
+        let stop_checkpoints = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let checkpointer = std::thread::Builder::new()
+            .name("staging-checkpoint".into())
+            .spawn({
+                let (c, db, stop) = (open_connection(path)?, path.to_owned(), stop_checkpoints.clone());
+                move || checkpoint::run(c, db, stop)
+            })
+            .map_err(|e| StagingError::Worker(e.to_string()))?;
         let (tx, rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let max_batch = options.max_batch.max(1);
         let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
@@ -240,9 +262,8 @@ impl Staging {
         let handle = std::thread::Builder::new()
             .name("staging-writer".into())
             .spawn({
-                let path = path.to_owned();
                 let generations = generations.clone();
-                move || writer::run(conn, rx, max_batch, commits_tx, path, generations)
+                move || writer::run(conn, rx, max_batch, commits_tx, generations)
             })
             .map_err(|e| StagingError::Worker(e.to_string()))?;
         Ok(Staging {
@@ -252,6 +273,8 @@ impl Staging {
                 readers: Mutex::new(Vec::new()),
                 commits,
                 writer_thread: Mutex::new(Some(handle)),
+                checkpointer: Mutex::new(Some(checkpointer)),
+                stop_checkpoints,
                 generations,
                 marks: Mutex::default(),
             }),
@@ -287,6 +310,37 @@ impl Staging {
         let req = WriteRequest { tenant, request_id: request_id.to_owned(), rules, change, reply };
         self.inner.writer.send(WriterMsg::Write(req)).await.map_err(|_| StagingError::Closed)?;
         rx.await.map_err(|_| StagingError::Closed)?
+    }
+
+    /// Whether staging takes a durable write now: the writer commits its heartbeat row, in turn with the
+    /// changes queued before. For readiness.
+    ///
+    /// # Errors
+    /// Why the write failed, or that the writer did not answer within `timeout` (a backlog, a stuck disk).
+    pub async fn probe_write(&self, timeout: std::time::Duration) -> Result<(), String> {
+        self.probe(timeout).await?
+    }
+
+    /// Whether the writer thread answers within `timeout`, whatever the outcome of its write (a full disk
+    /// is not cured by a restart; a stuck writer may be). For the service manager's watchdog.
+    pub async fn writer_answers(&self, timeout: std::time::Duration) -> bool {
+        self.probe(timeout).await.is_ok()
+    }
+
+    /// The writer's answer to a heartbeat write (outer error: no answer in time).
+    async fn probe(&self, timeout: std::time::Duration) -> Result<Result<(), String>, String> {
+        let (reply, rx) = oneshot::channel();
+        let sent = tokio::time::timeout(timeout, self.inner.writer.send(WriterMsg::Probe(reply))).await;
+        match sent {
+            Err(_) => return Err(format!("the staging writer did not take a write within {} ms", timeout.as_millis())),
+            Ok(Err(_)) => return Err("the staging writer has stopped".into()),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(format!("a staging write did not commit within {} ms", timeout.as_millis())),
+            Ok(Err(_)) => Err("the staging writer has stopped".into()),
+            Ok(Ok(r)) => Ok(r),
+        }
     }
 
     /// Runs a read on a pooled connection on the blocking thread pool.
@@ -328,11 +382,24 @@ impl Staging {
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
+        self.inner.stop_checkpoints.store(true, std::sync::atomic::Ordering::Relaxed);
+        let handle = self.inner.checkpointer.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop_checkpoints.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 pub(crate) enum WriterMsg {
     Write(WriteRequest),
+    /// A durable write of the heartbeat row, answered with why it failed, if it did.
+    Probe(oneshot::Sender<Result<(), String>>),
     Stop,
 }
 

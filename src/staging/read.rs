@@ -23,6 +23,8 @@ pub struct ListQuery {
     pub count: usize,
     /// Load group members (they can be many).
     pub with_members: bool,
+    /// Return the page's bodies unparsed (`Stored::body`), for a response that needs no projection.
+    pub raw: bool,
 }
 
 /// A page of a list.
@@ -63,7 +65,13 @@ fn stored_from(kind: Kind, r: &Row<'_>) -> rusqlite::Result<(i64, String, String
 
 fn to_stored(kind: Kind, raw: (i64, String, String, i64, String, String)) -> Result<(i64, Stored), StagingError> {
     let (seq, id, body, version, created, last_modified) = raw;
-    Ok((seq, Stored { kind, id, doc: parse_body(&body)?, members: None, version, created, last_modified }))
+    Ok((seq, Stored { kind, id, doc: parse_body(&body)?, members: None, body: None, version, created, last_modified }))
+}
+
+/// A row whose body is kept as text.
+fn to_raw(kind: Kind, raw: (i64, String, String, i64, String, String)) -> Stored {
+    let (_, id, body, version, created, last_modified) = raw;
+    Stored { kind, id, doc: Map::new(), members: None, body: Some(body), version, created, last_modified }
 }
 
 fn members_of(conn: &Connection, group_seq: i64) -> Result<Vec<Member>, StagingError> {
@@ -111,16 +119,18 @@ fn load(conn: &Connection, kind: Kind, seq: i64) -> Result<Option<Stored>, Stagi
     raw.map(|r| to_stored(kind, r).map(|(_, s)| s)).transpose()
 }
 
-/// Loads the rows of a page, in the page's order, with members when asked.
-fn load_page(conn: &Connection, kind: Kind, seqs: &[i64], with_members: bool) -> Result<Vec<Stored>, StagingError> {
+/// Loads the rows of a page, in the page's order, with members when asked, bodies parsed or (`raw`) not.
+fn load_page(conn: &Connection, kind: Kind, seqs: &[i64], q: &ListQuery) -> Result<Vec<Stored>, StagingError> {
     let mut out = Vec::with_capacity(seqs.len());
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM resources WHERE seq = ?1"))?;
     for &seq in seqs {
-        if let Some(mut s) = load(conn, kind, seq)? {
-            if with_members && kind == Kind::Group {
-                s.members = Some(members_of(conn, seq)?);
-            }
-            out.push(s);
+        let row = stmt.query_row([seq], |r| stored_from(kind, r)).optional()?;
+        let Some(row) = row else { continue };
+        let mut s = if q.raw { to_raw(kind, row) } else { to_stored(kind, row)?.1 };
+        if q.with_members && kind == Kind::Group {
+            s.members = Some(members_of(conn, seq)?);
         }
+        out.push(s);
     }
     Ok(out)
 }
@@ -213,7 +223,7 @@ impl Staging {
             let skip = position - from.map_or(0, |_| i * STRIDE);
             query::page_seqs(conn, tenant, kind, q.sort, from, skip, q.count)?
         };
-        Ok(Page { total, resources: load_page(conn, kind, &seqs, q.with_members)? })
+        Ok(Page { total, resources: load_page(conn, kind, &seqs, q)? })
     }
 
     /// The position marks of an order, taken again when a write has moved positions since (or `fresh`).
@@ -272,7 +282,7 @@ fn page_of(
         _ => matches = sorted(conn, tenant, kind, q.sort, matches)?,
     }
     let page: Vec<i64> = matches.into_iter().skip(skip).take(q.count).collect();
-    Ok(Page { total, resources: load_page(conn, kind, &page, q.with_members)? })
+    Ok(Page { total, resources: load_page(conn, kind, &page, q)? })
 }
 
 /// Matches in a sort order: a few are looked up one by one; many are picked out of the order's index.

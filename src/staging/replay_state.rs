@@ -13,6 +13,10 @@ use super::read::{parse_body, parse_kind};
 use super::{StagingError, open_connection, open_migrated};
 use crate::scim::schema::Kind;
 
+mod operator;
+
+pub use operator::{Health, PendingMember, TargetStats};
+
 /// Where a failed entry stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureState {
@@ -82,33 +86,6 @@ impl Record {
     pub fn new(target: &str) -> Record {
         Record { target: target.to_owned(), ..Default::default() }
     }
-}
-
-/// Whether a target is reachable, as replay last found it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Health {
-    pub target: String,
-    pub reachable: bool,
-    /// When the present state began (RFC 3339).
-    pub since: String,
-    /// Failed attempts in a row while unreachable.
-    pub failures: i64,
-    pub last_error: Option<String>,
-    /// When the next attempt is due (unix milliseconds), while unreachable.
-    pub next_attempt_ms: Option<i64>,
-    /// When replay last recorded this (RFC 3339).
-    pub checked: String,
-}
-
-/// A member a group names that is not (yet) a resource of its tenant.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingMember {
-    pub tenant: String,
-    pub group_id: String,
-    /// The group's displayName.
-    pub group: String,
-    pub member_id: String,
-    pub since: String,
 }
 
 #[derive(Clone)]
@@ -404,35 +381,6 @@ impl ReplayStore {
         })
     }
 
-    /// Makes dead letters (all of a target's, or one) due for a new round of attempts. Returns those queued.
-    pub fn retry(
-        &self,
-        target: Option<&str>,
-        seq: Option<ChangeSeq>,
-        now_ms: i64,
-    ) -> Result<Vec<Failure>, StagingError> {
-        let dead = self.failures(
-            "WHERE f.state = 'dead' AND (?1 IS NULL OR f.target = ?1) AND (?2 IS NULL OR f.seq = ?2) ORDER BY f.target, f.seq",
-            params![target, seq.map(|s| s.0)],
-        )?;
-        self.with(|c| {
-            let tx = c.transaction()?;
-            {
-                let mut queue = tx.prepare_cached(
-                    "UPDATE replay_failures SET state = 'retry', attempts = 0, next_attempt = ?3, updated = ?4
-                     WHERE target = ?1 AND seq = ?2 AND state = 'dead'",
-                )?;
-                let at = now();
-                for f in &dead {
-                    queue.execute(params![f.target, f.seq.0, now_ms, at])?;
-                }
-            }
-            tx.commit()?;
-            Ok(())
-        })?;
-        Ok(dead)
-    }
-
     /// Whether the journal has an entry with this sequence number.
     pub fn has_entry(&self, seq: ChangeSeq) -> Result<bool, StagingError> {
         self.with(|c| {
@@ -461,58 +409,6 @@ impl ReplayStore {
                 params![target, reachable, error, next_attempt_ms, now()],
             )?;
             Ok(())
-        })
-    }
-
-    /// The recorded health of every target.
-    pub fn health(&self) -> Result<Vec<Health>, StagingError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT target, reachable, since, failures, last_error, next_attempt, checked FROM target_health ORDER BY target",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(Health {
-                    target: r.get(0)?,
-                    reachable: r.get(1)?,
-                    since: r.get(2)?,
-                    failures: r.get(3)?,
-                    last_error: r.get(4)?,
-                    next_attempt_ms: r.get(5)?,
-                    checked: r.get(6)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
-    /// Journal entries per tenant name (tenants without any included).
-    pub fn changes_per_tenant(&self) -> Result<Vec<(String, i64)>, StagingError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT t.name, (SELECT COUNT(*) FROM journal j WHERE j.tenant_id = t.id) FROM tenants t ORDER BY t.name",
-            )?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
-        })
-    }
-
-    /// Pending group memberships: ids a group names that are not resources of its tenant.
-    pub fn pending_members(&self) -> Result<Vec<PendingMember>, StagingError> {
-        self.with(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT t.name, g.id, COALESCE(g.display, ''), p.member_id, p.since FROM pending_members p
-                 JOIN resources g ON g.seq = p.group_seq JOIN tenants t ON t.id = p.tenant_id ORDER BY t.name, g.seq, p.member_id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(PendingMember {
-                    tenant: r.get(0)?,
-                    group_id: r.get(1)?,
-                    group: r.get(2)?,
-                    member_id: r.get(3)?,
-                    since: r.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

@@ -68,6 +68,42 @@ pub fn rotate_token(path: &Path, name: &str) -> Result<(Tenant, String), Staging
     Ok((Tenant { id: TenantId(id), name: name.to_owned() }, token))
 }
 
+/// A tenant as `token list` shows it: never the token, only whether one is in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantInfo {
+    pub name: String,
+    pub created: String,
+    /// When the token was last issued, or revoked.
+    pub token_changed: Option<String>,
+    pub has_token: bool,
+}
+
+/// Every tenant with its token's dates.
+///
+/// # Errors
+/// The database cannot be opened.
+pub fn tenant_infos(path: &Path) -> Result<Vec<TenantInfo>, StagingError> {
+    let conn = open_migrated(path)?;
+    let mut stmt =
+        conn.prepare("SELECT name, created, token_rotated, token_hash IS NOT NULL FROM tenants ORDER BY name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TenantInfo { name: r.get(0)?, created: r.get(1)?, token_changed: r.get(2)?, has_token: r.get(3)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Revokes a tenant's token: its requests are refused from now on (the tenant, its resources and its
+/// journal stay; `token <tenant>` issues a new token). Returns false when no tenant has that name.
+///
+/// # Errors
+/// The database cannot be opened or written.
+pub fn revoke_token(path: &Path, name: &str) -> Result<bool, StagingError> {
+    let conn = open_migrated(path)?;
+    let changed =
+        conn.execute("UPDATE tenants SET token_hash = NULL, token_rotated = ?2 WHERE name = ?1", params![name, now()])?;
+    Ok(changed == 1)
+}
+
 /// The names of the tenants in a staging database (created and migrated if missing).
 ///
 /// # Errors

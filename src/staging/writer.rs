@@ -14,35 +14,26 @@ use crate::scim::error::ScimError;
 use crate::scim::schema::Kind;
 use crate::scim::{self, patch};
 
-/// The WAL is checkpointed and truncated when it grows past this. SQLite checkpoints on its own every 1,000
-/// pages, but a checkpoint cannot reset the log while readers (list queries, replay) keep old snapshots
-/// open, so under steady load the file can grow without bound.
-const WAL_LIMIT: u64 = 64 * 1024 * 1024;
-/// Batches between looks at the WAL's size.
-const WAL_CHECK_EVERY: u32 = 64;
-
 pub(super) fn run(
     mut conn: Connection,
     mut rx: mpsc::Receiver<WriterMsg>,
     max_batch: usize,
     commits: tokio::sync::watch::Sender<u64>,
-    path: std::path::PathBuf,
     generations: super::Generations,
 ) {
-    let mut wal = path.into_os_string();
-    wal.push("-wal");
-    let wal = std::path::PathBuf::from(wal);
-    let mut since_wal_check = 0u32;
     let mut stopping = false;
     while !stopping {
-        let mut batch = match rx.blocking_recv() {
-            Some(WriterMsg::Write(r)) => vec![r],
+        let (mut batch, mut probes) = (Vec::new(), Vec::new());
+        match rx.blocking_recv() {
+            Some(WriterMsg::Write(r)) => batch.push(r),
+            Some(WriterMsg::Probe(p)) => probes.push(p),
             Some(WriterMsg::Stop) | None => break,
-        };
+        }
         // Whatever queued up while the previous commit was syncing goes into this one.
         while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(WriterMsg::Write(r)) => batch.push(r),
+                Ok(WriterMsg::Probe(p)) => probes.push(p),
                 Ok(WriterMsg::Stop) => {
                     stopping = true;
                     break;
@@ -50,29 +41,21 @@ pub(super) fn run(
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, batch, &generations);
-        commits.send_modify(|n| *n = n.wrapping_add(1));
-        since_wal_check += 1;
-        if since_wal_check >= WAL_CHECK_EVERY {
-            since_wal_check = 0;
-            bound_wal(&conn, &wal);
+        if !batch.is_empty() {
+            commit_batch(&mut conn, batch, &generations);
+            commits.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if !probes.is_empty() {
+            let beat = conn
+                .execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?1)", [now()])
+                .map(|_| ())
+                .map_err(|e| format!("staging cannot commit a write: {e}"));
+            for p in probes {
+                let _ = p.send(beat.clone());
+            }
         }
     }
     tracing::debug!("staging writer stopped");
-}
-
-fn bound_wal(conn: &Connection, wal: &std::path::Path) {
-    let size = std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0);
-    if size <= WAL_LIMIT {
-        return;
-    }
-    // (busy, log frames, checkpointed frames): busy means a reader kept the log from being reset this time.
-    match conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))) {
-        Ok((busy, frames)) => {
-            tracing::info!(wal_bytes = size, frames, truncated = busy == 0, "staging WAL checkpointed")
-        }
-        Err(e) => tracing::warn!(wal_bytes = size, error = %e, "staging WAL checkpoint failed"),
-    }
 }
 
 /// A failure of the storage itself rather than of the change: nothing can be committed until an operator
@@ -440,7 +423,16 @@ fn create(
     let members = (kind == Kind::Group).then(|| members.into_iter().map(|(_, m)| m).collect());
     Ok(Committed {
         seq: Some(change),
-        resource: Some(Stored { kind, id, doc, members, version: 1, created: at.clone(), last_modified: at }),
+        resource: Some(Stored {
+            kind,
+            id,
+            doc,
+            members,
+            body: None,
+            version: 1,
+            created: at.clone(),
+            last_modified: at,
+        }),
     })
 }
 
@@ -536,6 +528,7 @@ fn update(
                 id: id.to_owned(),
                 doc,
                 members: members_out,
+                body: None,
                 version: cur.version,
                 created: cur.created,
                 last_modified: cur.last_modified,
@@ -568,6 +561,7 @@ fn update(
             id: id.to_owned(),
             doc,
             members: members_out,
+            body: None,
             version,
             created: cur.created,
             last_modified: at,

@@ -170,6 +170,18 @@ impl Target {
         }
     }
 
+    /// The downstream indexes replay's lookups rely on, and whether each exists (SQL targets; a directory
+    /// server's indexes are its own configuration, not readable over LDAP in general).
+    ///
+    /// # Errors
+    /// The target cannot be reached or its catalog read.
+    pub async fn index_advice(&self) -> Result<Vec<sql::IndexAdvice>, TargetError> {
+        match self {
+            Target::Sql(t) => t.index_advice().await,
+            Target::Ldap(_) => Ok(Vec::new()),
+        }
+    }
+
     /// How many batches may be applied at once.
     pub fn parallelism(&self) -> usize {
         match self {

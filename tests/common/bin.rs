@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -126,4 +127,45 @@ pub async fn token(dir: &Path, config: &Path, tenant: &str) -> String {
     let o = run(dir, &["token", tenant, "--config", &config.display().to_string()]).await;
     assert!(o.status.success(), "{}", text(&o));
     String::from_utf8(o.stdout).expect("utf-8").trim().to_owned()
+}
+
+/// POSTs a SCIM document with a tenant's token.
+pub async fn post(d: &Daemon, token: &str, path: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}{path}", d.base))
+        .bearer_auth(token)
+        .header("content-type", "application/scim+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Rows of a query on the staging database of a daemon run in `dir` (see [`config`]), as text.
+pub fn staging_rows(dir: &Path, sql: &str) -> Vec<Vec<String>> {
+    let c = rusqlite::Connection::open(dir.join("data/staging.db")).unwrap();
+    let mut stmt = c.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                r.get_ref(i).map(|v| match v {
+                    rusqlite::types::ValueRef::Integer(n) => n.to_string(),
+                    other => other.as_str().map(str::to_owned).unwrap_or_else(|_| format!("{other:?}")),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// Waits until `f` holds, polling.
+pub async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f().await {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

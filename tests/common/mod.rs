@@ -3,8 +3,10 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod certs;
 pub mod db;
 pub mod proxy;
+pub mod raw;
 pub mod slapd;
 
 use std::path::PathBuf;

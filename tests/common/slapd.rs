@@ -136,71 +136,6 @@ pwdLockout: TRUE
     )
 }
 
-/// A throwaway CA and a server certificate for 127.0.0.1 (an IP subjectAltName, which rustls checks).
-fn make_certificates(dir: &std::path::Path) {
-    let run = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (scripts/test.sh installs it)");
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("ext");
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=scim-bridge test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]);
-}
-
 impl Slapd {
     /// Starts a fresh slapd with the base entries loaded.
     pub fn start() -> Slapd {
@@ -222,7 +157,7 @@ impl Slapd {
         std::fs::create_dir_all(dir.path().join("slapd.d")).expect("slapd.d");
         std::fs::create_dir_all(dir.path().join("data")).expect("data");
         if tls {
-            make_certificates(dir.path());
+            super::certs::make_certificates(dir.path(), "");
         }
         std::fs::write(dir.path().join("config.ldif"), config_ldif(dir.path(), tls)).expect("config");
         std::fs::write(dir.path().join("base.ldif"), base_ldif()).expect("base");

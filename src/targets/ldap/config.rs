@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::targets::DeletePolicy;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapTargetConfig {
     pub name: String,
@@ -40,7 +40,7 @@ fn default_timeout() -> u64 {
     10
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapUsers {
     /// Where user entries are created.
@@ -66,7 +66,7 @@ fn default_match() -> String {
 }
 
 /// How a deactivated user is represented.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(tag = "method", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Disable {
     /// Set `attribute: value` while disabled, remove it when enabled (e.g. employeeType: blocked).
@@ -80,7 +80,7 @@ pub enum Disable {
     Move { disabled_base_dn: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LdapGroups {
     pub base_dn: String,

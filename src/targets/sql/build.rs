@@ -185,7 +185,7 @@ impl SqlTarget {
             },
             groups: groups(cfg)?,
             statements,
-            types: OnceCell::new(),
+            catalog: OnceCell::new(),
             max_connections: cfg.max_connections.max(1) as usize,
             timeout: Duration::from_secs(cfg.timeout_seconds),
         })

@@ -10,7 +10,7 @@ use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 
 use crate::targets::DeletePolicy;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlTargetConfig {
     pub name: String,
@@ -44,7 +44,7 @@ fn default_timeout() -> u64 {
     10
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UsersTable {
     /// The users table (`name` or `schema.name`).
@@ -66,7 +66,7 @@ pub struct UsersTable {
     pub columns: BTreeMap<String, ColumnSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum ColumnSpec {
     Source(String),
@@ -76,7 +76,7 @@ pub enum ColumnSpec {
     Flag(FlagSpec),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlagSpec {
     pub from: String,
@@ -88,7 +88,7 @@ pub struct FlagSpec {
 
 /// `groups = "ignore"` (the default: group entries are acknowledged without action, members are still
 /// provisioned as users), or a table of groups with a membership join table.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub enum GroupsConfig {
     #[default]
     Ignore,
@@ -117,7 +117,7 @@ impl<'de> Deserialize<'de> for GroupsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupsTable {
     pub table: String,
@@ -139,7 +139,7 @@ pub struct GroupsTable {
 /// `:group_key`, `:user_key`. On PostgreSQL every parameter is text: cast where a column needs another
 /// type, e.g. `CAST(:key AS integer)`. A `create` statement that returns a row gives the new key in its first
 /// column; otherwise the row is found again by its match email.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Statements {
     pub create: Option<String>,

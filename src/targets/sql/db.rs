@@ -240,42 +240,6 @@ impl Db {
             Db::Sqlite(conn, path) => begin_sqlite(conn, path).await,
         }
     }
-
-    /// Columns of a table with their types (PostgreSQL: castable type names), for configuration checks.
-    pub async fn columns(&self, dialect: Dialect, table: &str) -> Result<Vec<(String, String)>, TargetError> {
-        let (schema, name) = match table.split_once('.') {
-            Some((s, n)) => (Some(s), n),
-            None => (None, table),
-        };
-        let mut tx = self.begin().await?;
-        let rows = match dialect {
-            Dialect::Postgres => {
-                tx.query(
-                    "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a
-                     WHERE a.attrelid = to_regclass(CAST($1 AS TEXT)) AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-                    &[SqlValue::Text(dialect.quote(table))],
-                )
-                .await?
-            }
-            Dialect::Mysql => {
-                let sql = match schema {
-                    Some(_) => "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR) FROM information_schema.columns WHERE table_schema = ? AND table_name = ? ORDER BY ordinal_position",
-                    None => "SELECT CAST(column_name AS CHAR), CAST(data_type AS CHAR) FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? ORDER BY ordinal_position",
-                };
-                let mut params: Vec<SqlValue> = schema.map(|s| SqlValue::Text(s.to_owned())).into_iter().collect();
-                params.push(SqlValue::Text(name.to_owned()));
-                tx.query(sql, &params).await?
-            }
-            Dialect::Sqlite => tx.query("SELECT name, type FROM pragma_table_info(?1)", &[SqlValue::Text(name.to_owned())]).await?,
-        };
-        tx.rollback().await;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                (r.first().cloned().flatten().unwrap_or_default(), r.get(1).cloned().flatten().unwrap_or_default())
-            })
-            .collect())
-    }
 }
 
 async fn begin_sqlite(

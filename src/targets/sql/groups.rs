@@ -31,11 +31,14 @@ impl SqlTarget {
         if key.is_none()
             && let Some(lc) = &g.link_column
         {
-            key =
-                self.keys_where(tx, gt, &g.table, &g.key, lc, e.resource_id.as_str(), false).await?.into_iter().next();
+            key = self
+                .keys_where(tx, types, &g.table, &g.key, lc, e.resource_id.as_str(), false)
+                .await?
+                .into_iter()
+                .next();
         }
         if key.is_none() {
-            let keys = self.keys_where(tx, gt, &g.table, &g.key, &g.name_column, &name, true).await?;
+            let keys = self.keys_where(tx, types, &g.table, &g.key, &g.name_column, &name, true).await?;
             let ambiguous = |keys: &[String]| {
                 format!(
                     "{} rows of {} are named {name:?} (keys {}); not guessing",

@@ -7,6 +7,7 @@
 //! journal entries.
 
 mod build;
+mod catalog;
 pub mod config;
 mod db;
 mod groups;
@@ -67,8 +68,9 @@ struct CustomStatements {
     remove_member: Option<Custom>,
 }
 
-/// Column types per table, learned from the database on first use (PostgreSQL casts need them).
-type Types = HashMap<String, HashMap<String, String>>;
+pub use self::catalog::IndexAdvice;
+/// What the database's catalog says of the configured tables, learned on first use.
+type Types = catalog::Catalog;
 
 /// Values of a statement's named parameters (`:key`, `:scim_id`, the mapped columns, …).
 type Named<'a> = HashMap<&'a str, SqlValue>;
@@ -81,7 +83,7 @@ pub struct SqlTarget {
     users: Users,
     groups: Option<Groups>,
     statements: CustomStatements,
-    types: OnceCell<Types>,
+    catalog: OnceCell<Types>,
     max_connections: usize,
     /// How long to wait for the database before counting it as unreachable.
     timeout: std::time::Duration,
@@ -125,7 +127,7 @@ impl SqlTarget {
     /// must fix one or the other; nothing is dead-lettered meanwhile).
     pub async fn check(&self) -> Result<(), TargetError> {
         self.db.connect_once(self.timeout).await?;
-        self.types().await.map(|_| ())
+        self.catalog().await.map(|_| ())
     }
 
     /// Whether the database answers now (a `SELECT 1` through the pool).
@@ -168,30 +170,8 @@ impl SqlTarget {
         wanted
     }
 
-    async fn types(&self) -> Result<&Types, TargetError> {
-        self.types
-            .get_or_try_init(|| async {
-                let mut types = Types::new();
-                for (table, cols) in self.wanted_columns() {
-                    let found: HashMap<String, String> =
-                        self.db.columns(self.dialect, table).await?.into_iter().collect();
-                    if found.is_empty() {
-                        return Err(TargetError::transient(format!(
-                            "table {table:?} does not exist (or has no columns)"
-                        )));
-                    }
-                    for (col, key) in cols {
-                        if !found.contains_key(col) {
-                            return Err(TargetError::transient(format!(
-                                "{key}: column {col:?} does not exist in table {table:?}"
-                            )));
-                        }
-                    }
-                    types.insert(table.to_owned(), found);
-                }
-                Ok(types)
-            })
-            .await
+    async fn catalog(&self) -> Result<&Types, TargetError> {
+        self.catalog.get_or_try_init(|| self.read_catalog()).await
     }
 
     /// Applies entries in one transaction: all or none. `committed` changes only when the transaction does.
@@ -207,7 +187,7 @@ impl SqlTarget {
     ) -> Result<Vec<Applied>, TargetError> {
         let mut local = committed.clone();
         let links = &mut local;
-        let types = self.types().await.map_err(TargetError::into_transient)?;
+        let types = self.catalog().await.map_err(TargetError::into_transient)?;
         let mut tx = self.db.begin().await.map_err(TargetError::into_transient)?;
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
@@ -252,19 +232,21 @@ impl SqlTarget {
     }
 
     /// Keys (as text) of the rows of `table` whose `column` equals `value`; compared case-insensitively when
-    /// `fold` (emails, group names), exactly otherwise (link columns holding SCIM ids).
+    /// `fold` (emails, group names), exactly otherwise (link columns holding SCIM ids). Where the column's
+    /// collation already ignores case (MySQL `_ci`), a plain equality does, and a plain index serves it.
     #[allow(clippy::too_many_arguments)]
     async fn keys_where(
         &self,
         tx: &mut Tx,
-        types: Option<&HashMap<String, String>>,
+        catalog: &Types,
         table: &str,
         key: &str,
         column: &str,
         value: &str,
         fold: bool,
     ) -> Result<Vec<String>, TargetError> {
-        let mut p = Params::new(self.dialect, types);
+        let mut p = Params::new(self.dialect, catalog.get(table));
+        let fold = fold && !(self.dialect == Dialect::Mysql && catalog.folds(table, column));
         let (col, ph) = if fold {
             (format!("LOWER({})", self.q(column)), format!("LOWER({})", p.push(None, SqlValue::Text(value.to_owned()))))
         } else {

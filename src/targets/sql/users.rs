@@ -71,10 +71,9 @@ impl SqlTarget {
             return Ok((Some(k.clone()), true));
         }
         let u = &self.users;
-        let t = types.get(&u.table);
         if let Some(lc) = &u.link_column
             && let Some(k) = self
-                .keys_where(tx, t, &u.table, &u.key, lc, w.entry.resource_id.as_str(), false)
+                .keys_where(tx, types, &u.table, &u.key, lc, w.entry.resource_id.as_str(), false)
                 .await?
                 .into_iter()
                 .next()
@@ -82,7 +81,7 @@ impl SqlTarget {
             return Ok((Some(k), true));
         }
         let (Some(email), Some(match_column)) = (email, &u.match_column) else { return Ok((None, false)) };
-        let keys = self.keys_where(tx, t, &u.table, &u.key, match_column, email, true).await?;
+        let keys = self.keys_where(tx, types, &u.table, &u.key, match_column, email, true).await?;
         let ambiguous = |keys: &[String]| {
             format!(
                 "{} rows of {} have {} = {email:?} (keys {}); not guessing which one is this user — merge or fix them, then retry",
