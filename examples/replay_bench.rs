@@ -34,9 +34,18 @@ fn example_config(url: &str, staging: &std::path::Path, bound: bool) -> String {
     let mut text = EXAMPLE
         .replace("url = \"postgres://scim_bridge@127.0.0.1:5432/crm\"", &format!("url = \"{url}\""))
         .replace("path = \"scim-bridge-data/staging.db\"", &format!("path = {:?}", staging.display().to_string()))
-        .replace("level = \"info\"", "level = \"warn\"");
+        .replace("level = \"info\"", "level = \"warn\"")
+        // Replay's speed is measured, not the rate limit's.
+        .replace(
+            "rate_limit = { requests_per_second = 50.0, burst = 200 }",
+            "rate_limit = { requests_per_second = 1e9, burst = 1000000 }",
+        );
     if !bound {
-        text = text.replace("targets = [\"crm\"]", "targets = []");
+        // No worker for "crm" while staging: a worker of a target with no tenant bound moves its cursor
+        // past the entries, which would then never be replayed.
+        text = text
+            .replace("targets = [\"crm\"]", "targets = []")
+            .replace("type = \"sql\"\nname = \"crm\"", "type = \"sql\"\nname = \"staging-only\"");
     }
     text
 }
@@ -167,7 +176,8 @@ async fn main() {
     std::fs::create_dir_all(&dir).expect("dir");
     let staging = dir.join("staging.db");
     let (_, token) = scim_bridge::staging::rotate_token(&staging, "entra-prod").expect("token");
-    // Staged with the tenant bound to nothing (so no replay cursor moves), then replayed on its own.
+    // Staged with the tenant bound to nothing and no worker for the target (so its cursor stays at the
+    // start), then replayed on its own.
     let unbound = example_config(&url, &staging, false);
     let bound = example_config(&url, &staging, true);
     println!(

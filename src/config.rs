@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::staging::StagingOptions;
 use crate::targets::ldap::config::LdapTargetConfig;
+use crate::targets::reconcile::{ReconcileConfig, parse_schedule};
 use crate::targets::sql::config::SqlTargetConfig;
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -113,6 +114,14 @@ impl TargetConfig {
         match self {
             TargetConfig::Sql(c) => &c.name,
             TargetConfig::Ldap(c) => &c.name,
+        }
+    }
+
+    /// `[target.reconcile]`.
+    pub fn reconcile(&self) -> &ReconcileConfig {
+        match self {
+            TargetConfig::Sql(c) => &c.reconcile,
+            TargetConfig::Ldap(c) => &c.reconcile,
         }
     }
 }
@@ -346,6 +355,9 @@ impl Config {
                 .map_err(|e| invalid("target.name", e.replace("tenant", "target")))?;
             if !names.insert(name) {
                 return Err(invalid(format!("target.{name}"), "two targets have this name"));
+            }
+            if let Some(schedule) = &t.reconcile().schedule {
+                parse_schedule(schedule).map_err(|e| invalid(format!("target.{name}.reconcile.schedule"), e))?;
             }
         }
         let mut tenants = std::collections::HashSet::new();

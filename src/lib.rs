@@ -23,6 +23,7 @@ pub mod http;
 pub mod mapping;
 pub mod matching;
 pub mod ops;
+pub mod reconcile;
 pub mod replay;
 pub mod scim;
 pub mod staging;

@@ -1,5 +1,6 @@
 //! The `scim-bridge` command. This file only parses the command line and dispatches; each command group
-//! lives in `cli/`: serve, check-config, token, and the replay commands (status, journal, retry).
+//! lives in `cli/`: serve, check-config, token, the replay commands (status, journal, retry) and
+//! reconciliation (reconcile, runs).
 
 mod cli;
 
@@ -22,6 +23,18 @@ fn main() -> ExitCode {
             cli::replay::discard(config, t.as_deref().or(target.as_deref()), *seq)
         }
         Command::Retry { target, seq } => cli::replay::retry(config, target.as_deref(), *seq),
+        Command::Reconcile { target, tenant, dry_run, json, link_report, force } => cli::reconcile::run(
+            config,
+            &cli::reconcile::Args {
+                target: target.as_deref(),
+                tenant: tenant.as_deref(),
+                dry_run: *dry_run,
+                json: *json,
+                link_report: *link_report,
+                force: *force,
+            },
+        ),
+        Command::Runs { target } => cli::reconcile::runs(config, target.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,8 +106,8 @@ pub struct Binding<T = Target> {
     pub tenants: Vec<String>,
 }
 
-/// Link owners from staging, as the targets ask for them.
-struct StoreClaims(LinkOwners);
+/// Link owners from staging, as the targets ask for them (replay's and reconciliation's).
+pub(crate) struct StoreClaims(pub(crate) LinkOwners);
 
 impl Claims for StoreClaims {
     fn owner(&self, kind: Kind, key: &str) -> Result<Option<ResourceRef>, TargetError> {
@@ -229,6 +229,15 @@ impl<T: ReplayTarget> Worker<T> {
         loop {
             if *shutdown.borrow() {
                 break;
+            }
+            // A reconciliation run applying its plan to this target holds replay until it is done.
+            let now = self.clock.now_ms();
+            if self.store_call(move |s, t| s.replay_paused(&t, now)).await.unwrap_or(false) {
+                tokio::select! {
+                    _ = tokio::time::sleep(IDLE_POLL) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
             }
             let outcome = match self.step().await {
                 // Nothing to apply: make sure an outage is still seen (and its end too) by pinging now and

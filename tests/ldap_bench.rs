@@ -22,7 +22,10 @@ async fn ldap_replay_throughput() {
     let pw = slapd.dir.path().join("pw");
     std::fs::write(&pw, ADMIN_PW).unwrap();
     let staging = slapd.dir.path().join("staging.db");
-    let head = format!("[staging]\npath = {:?}\n[log]\nlevel = \"warn\"\n", staging.display().to_string());
+    let head = format!(
+        "[server]\nrate_limit = {{ requests_per_second = 1e9, burst = 1000000 }}\n[staging]\npath = {:?}\n[log]\nlevel = \"warn\"\n",
+        staging.display().to_string()
+    );
     let target = format!(
         "[[target]]\ntype = \"ldap\"\nname = \"dir\"\nurl = \"{}\"\nbind_dn = \"{ADMIN_DN}\"\npassword_file = {:?}\n\
          [target.users]\nbase_dn = \"ou=people,{SUFFIX}\"\nrdn = \"uid={{userName}}\"\n\

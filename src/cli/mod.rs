@@ -2,6 +2,7 @@
 //! runtime). One file per command group.
 
 pub mod check_config;
+pub mod reconcile;
 pub mod replay;
 pub mod serve;
 pub mod token;
@@ -51,6 +52,33 @@ pub enum Command {
     Journal {
         #[command(subcommand)]
         action: Option<JournalAction>,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+    },
+    /// Compare each target with staging and repair the drift; --dry-run shows the plan and changes nothing.
+    Reconcile {
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this tenant's users and groups.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Print the plan (create, link, update, block, unblock, members, orphans) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// For every staged user: already linked, or how many downstream accounts have its email.
+        #[arg(long, conflicts_with_all = ["dry_run", "force"])]
+        link_report: bool,
+        /// Apply even when the plan blocks more accounts than max_blocks allows (this once).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Reconciliation runs, newest first: trigger, dry or not, counts per action, how each ended.
+    Runs {
         /// Only this target.
         #[arg(long)]
         target: Option<String>,

@@ -92,6 +92,18 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
             count(FailureState::Dead),
             count(FailureState::Waiting)
         );
+        match store.runs(Some(name), 1)?.first() {
+            Some(r) => println!(
+                "target {name}: last reconciliation: run {} ({}{}) started {}, {}{}",
+                r.id,
+                r.trigger,
+                if r.dry_run { ", dry run" } else { "" },
+                r.started,
+                r.status.as_str(),
+                r.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+            ),
+            None => println!("target {name}: never reconciled"),
+        }
     }
     Ok(())
 }

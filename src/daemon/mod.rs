@@ -5,6 +5,7 @@
 //! own.
 
 mod reload;
+mod schedules;
 
 use std::future::Future;
 use std::path::Path;
@@ -174,7 +175,7 @@ pub async fn run_locked(
     run_service(config, lock, listener, shutdown, Hooks::default()).await
 }
 
-/// The replay workers of one configuration, stopped together.
+/// The replay workers and reconciliation schedules of one configuration, stopped together.
 struct ReplayRun {
     stop: tokio::sync::watch::Sender<bool>,
     workers: Vec<tokio::task::JoinHandle<()>>,
@@ -188,7 +189,8 @@ impl ReplayRun {
         commits: tokio::sync::watch::Receiver<u64>,
     ) -> ReplayRun {
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let workers = replay::spawn(bindings, store.clone(), ReplaySettings::from(&config.replay), commits, stopping);
+        let mut workers = schedules::spawn(config, &config.staging.path, &stopping);
+        workers.extend(replay::spawn(bindings, store.clone(), ReplaySettings::from(&config.replay), commits, stopping));
         ReplayRun { stop, workers }
     }
 

@@ -182,6 +182,29 @@ const MIGRATIONS: &[&str] = &[
         at TEXT NOT NULL
     );
     "#,
+    // 9: reconciliation: every run (who started it, dry or not, what it counted, how it ended), and one
+    // lease per target, so that two runs of one target never overlap, whichever process starts them.
+    r#"
+    CREATE TABLE reconcile_runs (
+        id       INTEGER PRIMARY KEY,
+        target   TEXT NOT NULL,
+        trigger  TEXT NOT NULL CHECK (trigger IN ('schedule', 'manual')),
+        dry_run  INTEGER NOT NULL,
+        started  TEXT NOT NULL,
+        ended    TEXT,
+        status   TEXT NOT NULL CHECK (status IN ('running', 'done', 'stopped', 'failed')),
+        counts   TEXT,                      -- JSON object: action -> count
+        detail   TEXT
+    );
+    CREATE INDEX reconcile_runs_target ON reconcile_runs(target, id);
+    CREATE TABLE reconcile_leases (
+        target        TEXT PRIMARY KEY,
+        run_id        INTEGER NOT NULL,
+        holder        TEXT NOT NULL,        -- "pid 4711 on host"
+        pauses_replay INTEGER NOT NULL,
+        expires       INTEGER NOT NULL      -- unix milliseconds; renewed while the run lives
+    );
+    "#,
 ];
 
 /// Brings the database to the latest schema version. Safe against another process opening the same new
@@ -261,7 +284,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 8);
+        assert_eq!(latest_version(), 9);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

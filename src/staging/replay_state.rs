@@ -14,8 +14,10 @@ use super::{StagingError, open_connection, open_migrated};
 use crate::scim::schema::Kind;
 
 mod operator;
+mod runs;
 
 pub use operator::{Health, PendingMember, TargetStats};
+pub use runs::{Desired, LeaseHeld, Run, RunStatus, TargetLink};
 
 /// Where a failed entry stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

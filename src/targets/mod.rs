@@ -5,6 +5,7 @@
 
 pub mod ldap;
 pub mod link;
+pub mod reconcile;
 pub mod sql;
 
 use std::error::Error as StdError;
@@ -157,6 +158,50 @@ impl Target {
         match self {
             Target::Sql(t) => t.ping().await,
             Target::Ldap(t) => t.check().await,
+        }
+    }
+
+    /// Every account the target holds (for reconciliation).
+    ///
+    /// # Errors
+    /// The target cannot be read.
+    pub async fn snapshot_users(&self) -> Result<Vec<reconcile::ActualUser>, TargetError> {
+        match self {
+            Target::Sql(t) => t.snapshot_users().await,
+            Target::Ldap(t) => t.snapshot_users().await,
+        }
+    }
+
+    /// Every group the target holds, with its members (none when groups are not replayed here).
+    ///
+    /// # Errors
+    /// The target cannot be read.
+    pub async fn snapshot_groups(&self) -> Result<Vec<reconcile::ActualGroup>, TargetError> {
+        match self {
+            Target::Sql(t) => t.snapshot_groups().await,
+            Target::Ldap(t) => t.snapshot_groups().await,
+        }
+    }
+
+    /// What differs between an account and a staged user, and whether its blocked state disagrees.
+    pub fn user_drift(
+        &self,
+        state: &serde_json::Map<String, serde_json::Value>,
+        id: &str,
+        actual: &reconcile::ActualUser,
+    ) -> (Vec<reconcile::Drift>, bool) {
+        match self {
+            Target::Sql(t) => t.user_drift(state, id, actual),
+            Target::Ldap(t) => t.user_drift(state, id, actual),
+        }
+    }
+
+    /// The match email of a staged user as this target compares it (lower-cased); None when the target does
+    /// not link by email.
+    pub fn user_match(&self, state: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        match self {
+            Target::Sql(t) => t.user_match(state),
+            Target::Ldap(t) => t.user_match(state),
         }
     }
 

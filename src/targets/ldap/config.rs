@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::targets::DeletePolicy;
+use crate::targets::reconcile::ReconcileConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +35,9 @@ pub struct LdapTargetConfig {
     #[serde(default)]
     pub disable: Disable,
     pub groups: Option<LdapGroups>,
+    /// Scheduled reconciliation and its limits.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
 }
 
 fn default_timeout() -> u64 {

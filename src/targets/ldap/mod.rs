@@ -11,7 +11,10 @@ pub mod config;
 mod conn;
 mod disable;
 mod groups;
+mod snapshot;
 mod users;
+
+pub(crate) use self::snapshot::norm_dn;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 
 use crate::targets::DeletePolicy;
+use crate::targets::reconcile::ReconcileConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +36,9 @@ pub struct SqlTargetConfig {
     pub groups: GroupsConfig,
     #[serde(default)]
     pub statements: Statements,
+    /// Scheduled reconciliation and its limits.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
 }
 
 fn default_connections() -> u32 {

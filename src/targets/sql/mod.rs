@@ -11,6 +11,7 @@ mod catalog;
 pub mod config;
 mod db;
 mod groups;
+mod snapshot;
 mod users;
 
 use std::collections::HashMap;

@@ -22,7 +22,7 @@ fn now_marker() -> Value {
     serde_json::json!({ "$now": true })
 }
 
-fn is_now(v: &Value) -> bool {
+pub(super) fn is_now(v: &Value) -> bool {
     v.as_object().is_some_and(|o| o.contains_key("$now"))
 }
 
