@@ -123,8 +123,9 @@ pub struct ActualUser {
     pub link: Option<String>,
     /// The values the match email is compared with, lower-cased.
     pub emails: Vec<String>,
-    /// The mapped fields (columns, attributes) and their values as text.
-    pub values: Vec<(String, Option<String>)>,
+    /// The values of the mapped fields (columns, attributes) as text, in the order of the target's mapping
+    /// (the names are the target's, kept once rather than per account).
+    pub values: Vec<Option<String>>,
     /// Whether the blocked representation is applied.
     pub blocked: bool,
 }

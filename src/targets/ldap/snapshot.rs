@@ -50,28 +50,29 @@ fn match_attributes(template: &str) -> Vec<String> {
 }
 
 impl LdapTarget {
-    /// Every entry under `base` matching `filter`, with `attrs`, page by page.
+    /// Every entry under `base` matching `filter`, with `attrs`, page by page, each handed to `each` as it
+    /// arrives (a large directory is never held twice).
     async fn paged(
         &self,
         l: &mut Ldap,
         base: &str,
         filter: &str,
         attrs: Vec<String>,
-    ) -> Result<Vec<SearchEntry>, TargetError> {
+        mut each: impl FnMut(SearchEntry),
+    ) -> Result<(), TargetError> {
         let adapters: Vec<Box<dyn Adapter<'_, String, Vec<String>>>> =
             vec![Box::new(EntriesOnly::new()), Box::new(PagedResults::new(PAGE))];
         let mut stream =
             l.streaming_search_with(adapters, base, Scope::Subtree, filter, attrs).await.map_err(classify)?;
-        let mut out = Vec::new();
         while let Some(entry) = stream.next().await.map_err(classify)? {
-            out.push(SearchEntry::construct(entry));
+            each(SearchEntry::construct(entry));
         }
         let result = stream.finish().await;
         // 32 noSuchObject: the base does not exist yet (nothing provisioned there).
         if result.rc != 0 && result.rc != 32 {
             return Err(classify(ldap3::LdapError::LdapResult { result }));
         }
-        Ok(out)
+        Ok(())
     }
 
     fn user_filter(&self) -> String {
@@ -91,7 +92,13 @@ impl LdapTarget {
         }
     }
 
-    async fn user_entries(&self, l: &mut Ldap, extra: &[&str]) -> Result<Vec<SearchEntry>, TargetError> {
+    /// Every user entry (under the disabled base too, for the move method), handed to `each`.
+    async fn user_entries(
+        &self,
+        l: &mut Ldap,
+        extra: &[&str],
+        mut each: impl FnMut(SearchEntry),
+    ) -> Result<(), TargetError> {
         let mut attrs: Vec<String> = self.users.attrs.iter().map(|(a, _)| a.clone()).collect();
         attrs.extend(match_attributes(&self.users.match_filter));
         attrs.extend(extra.iter().map(|a| (*a).to_owned()));
@@ -102,13 +109,13 @@ impl LdapTarget {
             Disable::Move { .. } => {}
         }
         let filter = self.user_filter();
-        let mut entries = self.paged(l, &self.users.base_dn, &filter, attrs.clone()).await?;
+        self.paged(l, &self.users.base_dn, &filter, attrs.clone(), &mut each).await?;
         if let Disable::Move { disabled_base_dn } = &self.disable
             && norm_dn(disabled_base_dn) != norm_dn(&self.users.base_dn)
         {
-            entries.extend(self.paged(l, disabled_base_dn, &filter, attrs).await?);
+            self.paged(l, disabled_base_dn, &filter, attrs, &mut each).await?;
         }
-        Ok(entries)
+        Ok(())
     }
 
     /// Every user entry.
@@ -117,37 +124,38 @@ impl LdapTarget {
     /// The directory cannot be searched.
     pub async fn snapshot_users(&self) -> Result<Vec<ActualUser>, TargetError> {
         let mut l = self.ldap().await?;
-        let entries = self.user_entries(&mut l, &[]).await?;
         let match_attrs = match_attributes(&self.users.match_filter);
-        Ok(entries
-            .iter()
-            .map(|e| ActualUser {
-                key: e.dn.clone(),
+        let mut users = Vec::new();
+        self.user_entries(&mut l, &[], |e| {
+            users.push(ActualUser {
+                emails: match_attrs.iter().flat_map(|a| all(&e, a).iter().map(|v| v.to_lowercase())).collect(),
+                values: self.users.attrs.iter().map(|(a, _)| all(&e, a).first().cloned()).collect(),
+                blocked: self.blocked(&e),
+                key: e.dn,
                 link: None,
-                emails: match_attrs.iter().flat_map(|a| all(e, a).iter().map(|v| v.to_lowercase())).collect(),
-                values: self.users.attrs.iter().map(|(a, _)| (a.clone(), all(e, a).first().cloned())).collect(),
-                blocked: self.blocked(e),
-            })
-            .collect())
+            });
+        })
+        .await?;
+        Ok(users)
     }
 
     /// What differs between an entry and a staged user: the mapped attributes other than the RDN
     /// (compared case-insensitively), and whether its disabled state disagrees with `active`.
     pub fn user_drift(&self, state: &Map<String, Value>, id: &str, actual: &ActualUser) -> (Vec<Drift>, bool) {
         let mut drift = Vec::new();
-        for (attr, source) in &self.users.attrs {
+        // The snapshot's values follow the order of the mapping.
+        for ((attr, source), have) in self.users.attrs.iter().zip(&actual.values) {
             if attr.eq_ignore_ascii_case(&self.users.rdn_attr) {
                 continue;
             }
             let want = text(&source.eval(state, id));
-            let have = actual.values.iter().find(|(a, _)| a == attr).and_then(|(_, v)| v.clone());
-            let same = match (&want, &have) {
+            let same = match (&want, have) {
                 (Some(w), Some(h)) => w.trim().to_lowercase() == h.trim().to_lowercase(),
                 (None, None) => true,
                 _ => false,
             };
             if !same {
-                drift.push(Drift { field: attr.clone(), old: have, new: want });
+                drift.push(Drift { field: attr.clone(), old: have.clone(), new: want });
             }
         }
         let active = state.get("active") != Some(&Value::Bool(false));
@@ -167,38 +175,36 @@ impl LdapTarget {
         let Some(g) = &self.groups else { return Ok(Vec::new()) };
         let mut l = self.ldap().await?;
         // posixGroup names members by uid: map them back to the users' DNs.
-        let uids: HashMap<String, String> = if g.class == GroupClass::Posix {
-            self.user_entries(&mut l, &["uid"])
-                .await?
-                .iter()
-                .filter_map(|e| first(e, "uid").map(|u| (u.to_lowercase(), e.dn.clone())))
-                .collect()
-        } else {
-            HashMap::new()
-        };
+        let mut uids: HashMap<String, String> = HashMap::new();
+        if g.class == GroupClass::Posix {
+            self.user_entries(&mut l, &["uid"], |e| {
+                if let Some(u) = first(&e, "uid") {
+                    uids.insert(u.to_lowercase(), e.dn.clone());
+                }
+            })
+            .await?;
+        }
         let member_attr = g.class.member_attr();
         let filter = format!("(objectClass={})", g.class.object_class());
-        let entries = self.paged(&mut l, &g.base_dn, &filter, vec![g.rdn_attr.clone(), member_attr.to_owned()]).await?;
         let placeholder = norm_dn(&g.empty_member);
-        Ok(entries
-            .iter()
-            .map(|e| ActualGroup {
-                key: e.dn.clone(),
-                name: first(e, &g.rdn_attr).cloned().unwrap_or_default(),
+        let mut groups = Vec::new();
+        self.paged(&mut l, &g.base_dn, &filter, vec![g.rdn_attr.clone(), member_attr.to_owned()], |e| {
+            let members = all(&e, member_attr)
+                .iter()
+                .filter(|m| g.class == GroupClass::Posix || norm_dn(m) != placeholder)
+                .filter_map(|m| {
+                    if g.class == GroupClass::Posix { uids.get(&m.to_lowercase()).cloned() } else { Some(m.clone()) }
+                })
+                .collect();
+            groups.push(ActualGroup {
+                name: first(&e, &g.rdn_attr).cloned().unwrap_or_default(),
                 link: None,
-                members: all(e, member_attr)
-                    .iter()
-                    .filter(|m| g.class == GroupClass::Posix || norm_dn(m) != placeholder)
-                    .filter_map(|m| {
-                        if g.class == GroupClass::Posix {
-                            uids.get(&m.to_lowercase()).cloned()
-                        } else {
-                            Some(m.clone())
-                        }
-                    })
-                    .collect(),
-            })
-            .collect())
+                members,
+                key: e.dn,
+            });
+        })
+        .await?;
+        Ok(groups)
     }
 }
 

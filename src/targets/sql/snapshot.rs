@@ -80,7 +80,10 @@ impl SqlTarget {
     ) -> Result<(), TargetError> {
         let types = self.catalog().await?;
         let t = types.get(table);
-        let select: Vec<String> = columns.iter().map(|c| self.dialect.as_text(&self.q(c))).collect();
+        // Aliased: an output column named like the key ("CAST(id AS TEXT)" is named "id" in PostgreSQL)
+        // would make ORDER BY sort the text, and the keyset would skip rows.
+        let select: Vec<String> =
+            columns.iter().enumerate().map(|(i, c)| format!("{} AS c{i}", self.dialect.as_text(&self.q(c)))).collect();
         let order_by: Vec<String> = order.iter().map(|c| self.q(c)).collect();
         let mut tx = self.db.begin().await?;
         let mut last: Option<Vec<String>> = None;
@@ -153,7 +156,7 @@ impl SqlTarget {
             users.push(ActualUser {
                 link: get(&u.link_column),
                 emails: get(&u.match_column).map(|e| e.trim().to_lowercase()).into_iter().collect(),
-                values: u.columns.iter().map(|c| (c.name.clone(), at(&c.name).and_then(|i| row[i].clone()))).collect(),
+                values: u.columns.iter().map(|c| at(&c.name).and_then(|i| row[i].clone())).collect(),
                 blocked,
                 key,
             });
@@ -168,20 +171,21 @@ impl SqlTarget {
         let u = &self.users;
         let mut drift = Vec::new();
         let mut flags_differ = false;
-        let actual_of = |name: &str| actual.values.iter().find(|(c, _)| c == name).and_then(|(_, v)| v.as_deref());
-        for (col, want) in self.user_values(state, id) {
+        // user_values follows the order of `columns`, as the snapshot's values do.
+        for ((col, want), (column, have)) in
+            self.user_values(state, id).into_iter().zip(u.columns.iter().zip(&actual.values))
+        {
             if u.key_mapped && col == u.key {
                 continue;
             }
-            let is_flag = u.columns.iter().any(|c| c.name == col && c.source.is_flag());
             let fold = u.match_column.as_deref() == Some(col);
-            if same(&want, actual_of(col), fold) {
+            if same(&want, have.as_deref(), fold) {
                 continue;
             }
-            if is_flag {
+            if column.source.is_flag() {
                 flags_differ = true;
             } else {
-                drift.push(Drift { field: col.to_owned(), old: actual_of(col).map(str::to_owned), new: shown(&want) });
+                drift.push(Drift { field: col.to_owned(), old: have.clone(), new: shown(&want) });
             }
         }
         if let Some(lc) = &u.link_column
