@@ -293,7 +293,7 @@ async fn a_full_disk_answers_503() {
     let mut full = None;
     for n in 0..400 {
         let mut u = user(&format!("u{n}@example.com"));
-        u["displayName"] = json!("x".repeat(20_000));
+        u["title"] = json!("x".repeat(20_000));
         let resp = post(&d, &token, "/Users", &u).await;
         if resp.status() != 201 {
             full = Some(resp);

@@ -93,6 +93,10 @@ async fn bad_requests_are_refused_and_store_nothing() {
         s.send(Method::POST, "/Users", Some(&json!({"userName": "jdoe", "name": {"givenName": "J"}}))).await;
     assert_eq!((status, v["scimType"].as_str()), (400, Some("invalidValue")), "{v}");
     assert!(v["detail"].as_str().unwrap().contains("jdoe"));
+    // An identifier far beyond any directory's limit (it would become a megabyte index key).
+    let (status, v) = s.send(Method::POST, "/Users", Some(&json!({"userName": "a".repeat(3000)}))).await;
+    assert_eq!((status, v["scimType"].as_str()), (400, Some("invalidValue")), "{v}");
+    assert!(v["detail"].as_str().unwrap().starts_with("userName is 3000 characters long"), "{v}");
     // A non-email userName with an email is fine.
     let (status, _) =
         s.send(Method::POST, "/Users", Some(&json!({"userName": "jdoe", "emails": [{"value": "jdoe@x.com"}]}))).await;

@@ -66,6 +66,8 @@ struct AppState {
     /// Lists being read and rendered at once. Each holds up to a page of resources (max_page_size) and
     /// its JSON; many large pages at once would only grow memory, not go faster, on a few cores.
     lists: Arc<tokio::sync::Semaphore>,
+    /// Request bodies above 64 KiB being read and parsed at once (see `resources::read_json`).
+    large_bodies: Arc<tokio::sync::Semaphore>,
     tenant_rates: Arc<Buckets<String>>,
     auth_failures: Arc<Buckets<IpAddr>>,
     log_throttle: Arc<LogThrottle<String>>,
@@ -83,6 +85,8 @@ impl AppState {
 
 /// See `AppState::lists`.
 const CONCURRENT_LISTS: usize = 4;
+/// See `AppState::large_bodies`.
+const CONCURRENT_LARGE_BODIES: usize = 4;
 
 /// Per-request context set by the authentication layer.
 #[derive(Clone)]
@@ -107,6 +111,7 @@ fn router_stopping(service: Service, stopping: Arc<tokio::sync::watch::Sender<bo
         metrics: service.metrics,
         replay: service.replay,
         lists: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LISTS)),
+        large_bodies: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LARGE_BODIES)),
         tenant_rates: Arc::new(Buckets::new()),
         auth_failures: Arc::new(Buckets::new()),
         log_throttle: Arc::new(LogThrottle::new(Duration::from_secs(60))),

@@ -113,11 +113,20 @@ pub(super) async fn read_json(
     if declared.is_some_and(|n| n > limit) {
         return Err(ScimError::payload_too_large(limit));
     }
+    // Large bodies are read a few at a time: a burst of near-limit bodies at high concurrency would
+    // otherwise hold (and leave the allocator holding) concurrency x max_body_bytes. The wait counts
+    // against the body timeout.
+    let large = declared.is_none_or(|n| n > LARGE_BODY);
+    let read_body = async {
+        let _permit = if large { state.large_bodies.acquire().await.ok() } else { None };
+        let bytes = axum::body::to_bytes(body, limit).await;
+        bytes.map(|b| serde_json::from_slice::<Value>(&b))
+    };
     // A body still arriving when shutdown begins is cut short: a slow upload must not hold the shutdown
     // for the whole grace period, and nothing of it has been stored.
     let mut stopping = state.stopping.subscribe();
     let read = tokio::select! {
-        read = tokio::time::timeout(settings.body_timeout, axum::body::to_bytes(body, limit)) => read.map_err(|_| {
+        read = tokio::time::timeout(settings.body_timeout, read_body) => read.map_err(|_| {
             ScimError::new(
                 Status::RequestTimeout,
                 None,
@@ -128,7 +137,7 @@ pub(super) async fn read_json(
             return Err(ScimError::unavailable("the service is shutting down; the change was not stored, retry later"));
         }
     };
-    let bytes = read.map_err(|e| {
+    let parsed = read.map_err(|e| {
         let inner = e.into_inner();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(inner.as_ref());
         while let Some(s) = source {
@@ -139,8 +148,11 @@ pub(super) async fn read_json(
         }
         ScimError::invalid_syntax(format!("the request body could not be read: {inner}"))
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ScimError::invalid_syntax(format!("malformed JSON: {e}")))
+    parsed.map_err(|e| ScimError::invalid_syntax(format!("malformed JSON: {e}")))
 }
+
+/// Bodies above this size are read a few at a time (`AppState::large_bodies`).
+const LARGE_BODY: usize = 64 * 1024;
 
 fn if_match(headers: &HeaderMap) -> Option<String> {
     headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned)

@@ -27,12 +27,38 @@ pub struct Rules {
     pub require_match_email: bool,
 }
 
+/// The longest userName, displayName, externalId or email address accepted (Entra ID and Active
+/// Directory stop at a few hundred characters).
+pub const MAX_IDENTIFIER_CHARS: usize = 2048;
+
 /// Checks what can be known about a resource at request time (contract point 2), so that a bad request is
 /// answered with a 400 the IdP shows in its provisioning log instead of failing later downstream.
 ///
 /// # Errors
 /// `invalidValue` naming the missing or unusable attribute.
 pub fn validate(kind: Kind, doc: &Map<String, Value>, rules: Rules) -> Result<(), ScimError> {
+    // The identifying attributes are indexed in staging (and usually downstream): a value far beyond any
+    // directory's limit is refused rather than stored as a megabyte index key.
+    for attr in ["userName", "displayName", "externalId"] {
+        if let Some(v) = doc.get(attr).and_then(Value::as_str)
+            && v.chars().count() > MAX_IDENTIFIER_CHARS
+        {
+            return Err(ScimError::invalid_value(format!(
+                "{attr} is {} characters long; at most {MAX_IDENTIFIER_CHARS} are accepted",
+                v.chars().count()
+            )));
+        }
+    }
+    if let Some(emails) = doc.get("emails").and_then(Value::as_array)
+        && emails
+            .iter()
+            .filter_map(|e| e.get("value").and_then(Value::as_str))
+            .any(|v| v.chars().count() > MAX_IDENTIFIER_CHARS)
+    {
+        return Err(ScimError::invalid_value(format!(
+            "an emails value is longer than {MAX_IDENTIFIER_CHARS} characters"
+        )));
+    }
     match kind {
         Kind::User => {
             let user_name = doc.get("userName").and_then(Value::as_str).unwrap_or_default();
