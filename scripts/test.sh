@@ -38,6 +38,14 @@ if ! [ -x /usr/sbin/slapd ] || ! [ -x /usr/sbin/slapadd ] || ! command -v openss
     apt-get install -y -qq slapd ldap-utils openssl >/dev/null
 fi
 
+# Headless Chromium loads the status page in tests/explain.rs.
+if ! command -v chromium >/dev/null; then
+    need "installing chromium (headless, for the status page test) from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq chromium >/dev/null
+fi
+
 # systemd-analyze checks the unit; dpkg-deb, readelf and adduser build and install the package.
 if ! command -v systemd-analyze >/dev/null || ! command -v readelf >/dev/null || ! command -v adduser >/dev/null; then
     need "installing systemd (for systemd-analyze), binutils and adduser from Debian's packages"

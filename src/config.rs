@@ -20,6 +20,11 @@ pub struct Config {
     pub log: LogConfig,
     pub replay: ReplayConfig,
     pub metrics: MetricsConfig,
+    pub retention: RetentionConfig,
+    pub status: StatusConfig,
+    /// `[[alert]]`: webhooks told of outages, dead letters and stopped reconciliation runs.
+    #[serde(rename = "alert")]
+    pub alerts: Vec<AlertConfig>,
     /// `[[tenant]]`: which targets each tenant's changes are replayed into.
     #[serde(rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
@@ -94,6 +99,74 @@ pub struct MetricsConfig {
     /// A bearer token /metrics requires, read from a file (re-read on SIGHUP) or an environment variable.
     pub token_file: Option<PathBuf>,
     pub token_env: Option<String>,
+}
+
+/// `[[alert]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// How log lines name this alert (the URL is never logged).
+    pub name: String,
+    /// The webhook: exactly one of url, url_file (a file holding it) and url_env.
+    pub url: Option<String>,
+    pub url_file: Option<std::path::PathBuf>,
+    pub url_env: Option<String>,
+    /// "json" (every field of the event) or "text" (`{"text": …}`, which Slack and Microsoft Teams
+    /// incoming webhooks accept).
+    #[serde(default)]
+    pub format: AlertFormat,
+    /// The events wanted; all when empty.
+    #[serde(default)]
+    pub events: Vec<EventKind>,
+    /// Minutes between "still down" reminders while a target stays down.
+    #[serde(default = "default_repeat")]
+    pub repeat_minutes: u64,
+}
+
+fn default_repeat() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    TargetDown,
+    TargetUp,
+    DeadLetter,
+    ReconcileStopped,
+    ReconcileFailed,
+}
+
+/// `[status]`: the read-only status page at /status, for administrators. Off until an admin token is
+/// given (never a tenant token).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusConfig {
+    /// The admin token, read from a file (re-read on SIGHUP) or an environment variable.
+    pub token_file: Option<PathBuf>,
+    pub token_env: Option<String>,
+}
+
+/// `[retention]`: how long applied changes and audit rows are kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Days; 0 keeps everything.
+    pub days: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { days: 90 }
+    }
 }
 
 impl Default for MetricsConfig {
@@ -326,6 +399,19 @@ impl Config {
         check_rate("server.rate_limit", &s.rate_limit)?;
         if let (Some(_), Some(_)) = (&self.metrics.token_file, &self.metrics.token_env) {
             return Err(invalid("metrics.token_file", "give token_file or token_env, not both"));
+        }
+        if let (Some(_), Some(_)) = (&self.status.token_file, &self.status.token_env) {
+            return Err(invalid("status.token_file", "give token_file or token_env, not both"));
+        }
+        let mut alert_names = std::collections::HashSet::new();
+        for a in &self.alerts {
+            if !alert_names.insert(a.name.as_str()) {
+                return Err(invalid(format!("alert.{}", a.name), "two alerts have this name"));
+            }
+            let given = [a.url.is_some(), a.url_file.is_some(), a.url_env.is_some()].iter().filter(|g| **g).count();
+            if given != 1 {
+                return Err(invalid(format!("alert.{}", a.name), "give exactly one of url, url_file and url_env"));
+            }
         }
         if self.staging.path.as_os_str().is_empty() {
             return Err(invalid("staging.path", "must name the staging database file"));

@@ -1,6 +1,6 @@
 //! The `scim-bridge` command. This file only parses the command line and dispatches; each command group
 //! lives in `cli/`: serve, check-config, token, the replay commands (status, journal, retry) and
-//! reconciliation (reconcile, runs).
+//! reconciliation (reconcile, runs), and what happened (explain, history).
 
 mod cli;
 
@@ -35,6 +35,10 @@ fn main() -> ExitCode {
             },
         ),
         Command::Runs { target } => cli::reconcile::runs(config, target.as_deref()),
+        Command::Explain { query, json } => cli::history::explain(config, query, *json),
+        Command::History { target, since, outcome, limit, json } => {
+            cli::history::history(config, target.as_deref(), since.as_deref(), outcome.as_deref(), *limit, *json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

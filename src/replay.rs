@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use crate::config::ReplayConfig;
+use crate::ops::alerts::{Alerts, Event};
 use crate::scim::schema::Kind;
 use crate::staging::StagingError;
 use crate::staging::journal::{Applied, ChangeSeq, Entry, Links, ResourceRef};
@@ -30,6 +31,8 @@ pub struct ReplaySettings {
     pub backoff_max: Duration,
     /// How often an idle worker makes sure its target still answers.
     pub probe_interval: Duration,
+    /// Told when a target goes down or comes back, and of dead letters.
+    pub alerts: Alerts,
 }
 
 impl From<&ReplayConfig> for ReplaySettings {
@@ -40,6 +43,7 @@ impl From<&ReplayConfig> for ReplaySettings {
             backoff_initial: Duration::from_millis(r.backoff_initial_ms),
             backoff_max: Duration::from_secs(r.backoff_max_seconds),
             probe_interval: Duration::from_secs(r.probe_interval_seconds),
+            alerts: Alerts::none(),
         }
     }
 }
@@ -297,6 +301,9 @@ impl<T: ReplayTarget> Worker<T> {
                 attempts = health.attempts,
                 "target reachable again; replay continues in order"
             );
+            self.settings
+                .alerts
+                .send(Event::TargetUp { target: self.name().to_owned(), down_seconds: since.elapsed().as_secs() });
         }
         health.attempts = 0;
         if was_down.is_some() || !health.recorded {
@@ -313,6 +320,7 @@ impl<T: ReplayTarget> Worker<T> {
         if health.down.is_none() {
             health.down = Some(tokio::time::Instant::now());
             tracing::warn!(target = %self.name(), error = %report, "target unreachable; changes are kept and will be applied in order when it is back");
+            self.settings.alerts.send(Event::TargetDown { target: self.name().to_owned(), error: report.clone() });
         } else {
             tracing::debug!(target = %self.name(), error = %report, attempts = health.attempts, retry_in_ms = retry_in.as_millis() as u64, "target still unreachable");
         }
@@ -496,6 +504,19 @@ impl<T: ReplayTarget> Worker<T> {
         if dead {
             tracing::error!(target = %self.name(), tenant = %e.tenant_name, request_id = %e.request_id, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg,
                 "change parked as a dead letter; later changes of this resource wait behind it (scim-bridge journal / retry)");
+            let name = ["userName", "displayName"]
+                .iter()
+                .find_map(|k| e.state.get(*k).and_then(|v| v.as_str()))
+                .unwrap_or_default();
+            self.settings.alerts.send(Event::DeadLetter {
+                target: self.name().to_owned(),
+                tenant: e.tenant_name.clone(),
+                kind: e.kind.as_str().to_owned(),
+                id: e.resource_id.to_string(),
+                name: name.to_owned(),
+                seq: e.seq.0,
+                error: msg.clone(),
+            });
         } else {
             tracing::warn!(target = %self.name(), tenant = %e.tenant_name, request_id = %e.request_id, resource_id = %e.resource_id, change_seq = e.seq.0, attempts, error = %msg, "change failed; will retry");
         }

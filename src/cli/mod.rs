@@ -2,6 +2,7 @@
 //! runtime). One file per command group.
 
 pub mod check_config;
+pub mod history;
 pub mod reconcile;
 pub mod replay;
 pub mod serve;
@@ -76,6 +77,33 @@ pub enum Command {
         /// Apply even when the plan blocks more accounts than max_blocks allows (this once).
         #[arg(long)]
         force: bool,
+    },
+    /// The story of one user or group: every SCIM request, what each target did (with the statements or
+    /// LDAP operations), its links, failures, and whether it is blocked downstream.
+    Explain {
+        /// A userName, group name, email address, SCIM id or downstream key.
+        query: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent provisioning actions from the audit trail, newest first.
+    History {
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only since then: a duration back from now (1h, 7d) or a time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this outcome: created, linked, updated, blocked, deleted, ignored, absent, error, dead, discarded.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Reconciliation runs, newest first: trigger, dry or not, counts per action, how each ended.
     Runs {

@@ -5,6 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use scim_bridge::config::Config;
 use scim_bridge::daemon;
+use scim_bridge::ops::alerts::Alerts;
 use scim_bridge::reconcile::progress::{Bar, Progress, Silent};
 use scim_bridge::reconcile::{self, Request, Trigger, report};
 use scim_bridge::staging::replay_state::{ReplayStore, RunStatus};
@@ -97,6 +98,8 @@ pub fn run(path: Option<&Path>, args: &Args<'_>) -> anyhow::Result<()> {
                 force: args.force,
                 trigger: Trigger::Manual,
                 holder: holder(),
+                // The operator is watching: the outcome is printed, not sent.
+                alerts: Alerts::none(),
             };
             let f = reconcile::run(req, &store, progress).await.with_context(|| format!("target {}", tc.name()))?;
             failed |= matches!(f.status, RunStatus::Stopped | RunStatus::Failed);

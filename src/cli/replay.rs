@@ -38,6 +38,16 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
     let head = store.head()?;
     let failures = store.list_failures(None)?;
     let health = store.health()?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let mut wal = config.staging.path.as_os_str().to_owned();
+    wal.push("-wal");
+    println!(
+        "staging: {} ({:.1} MiB, WAL {:.1} MiB; applied changes and audit rows kept {})",
+        config.staging.path.display(),
+        size(&config.staging.path) as f64 / 1048576.0,
+        size(Path::new(&wal)) as f64 / 1048576.0,
+        if config.retention.days == 0 { "forever".to_owned() } else { format!("{} days", config.retention.days) }
+    );
     match staging::running_daemon(&config.staging.path) {
         Some(pid) => println!("daemon: running (pid {pid}); journal head {head}"),
         None => println!("daemon: not running (target states below are as it last saw them); journal head {head}"),

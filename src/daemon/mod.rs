@@ -17,8 +17,10 @@ use tokio::net::TcpListener;
 use crate::config::{Config, ConfigError, MetricsConfig, TargetConfig};
 use crate::http::{ConnectionLimits, Listener, MetricsAccess, ScimSettings, Service};
 use crate::ops::Shared;
+use crate::ops::alerts;
 use crate::ops::metrics::Metrics;
 use crate::ops::notify::Notifier;
+use crate::ops::retention;
 use crate::ops::tls::{Tls, TlsError};
 use crate::replay::{self, Binding, ReplaySettings};
 use crate::scim::Rules;
@@ -75,32 +77,43 @@ pub fn bindings(config: &Config) -> Result<Vec<Binding>, ConfigError> {
         .collect()
 }
 
+/// A token read from its file or environment variable (the file trimmed), kept only as a hash; `key` is
+/// the config section for errors (`metrics`, `status`).
+///
+/// # Errors
+/// The file cannot be read, the variable is not set, or the token is empty; named by key.
+fn token_hash(key: &str, file: Option<&Path>, env: Option<&str>) -> Result<Option<[u8; 32]>, ConfigError> {
+    let invalid = |k: &str, message: String| ConfigError::Invalid { key: format!("{key}.{k}"), message };
+    let token = match (file, env) {
+        (Some(file), _) => Some((
+            "token_file",
+            std::fs::read_to_string(file)
+                .map_err(|e| invalid("token_file", format!("cannot read {}: {e}", file.display())))?,
+        )),
+        (None, Some(var)) => Some((
+            "token_env",
+            std::env::var(var)
+                .map_err(|_| invalid("token_env", format!("the environment variable {var} is not set")))?,
+        )),
+        (None, None) => None,
+    };
+    match token {
+        Some((k, t)) if t.trim().is_empty() => Err(invalid(k, "the token is empty".into())),
+        Some((_, t)) => Ok(Some(hash_token(t.trim()))),
+        None => Ok(None),
+    }
+}
+
 /// Who may read /metrics: the token is read from its file or environment variable now (and again on
 /// reload), and kept only as a hash.
 ///
 /// # Errors
-/// The file cannot be read, the variable is not set, or the token is empty; named by key.
+/// As for `token_hash`.
 pub fn metrics_access(m: &MetricsConfig) -> Result<MetricsAccess, ConfigError> {
-    let invalid = |key: &str, message: String| ConfigError::Invalid { key: key.into(), message };
-    let token = match (&m.token_file, &m.token_env) {
-        (Some(file), _) => Some((
-            "metrics.token_file",
-            std::fs::read_to_string(file)
-                .map_err(|e| invalid("metrics.token_file", format!("cannot read {}: {e}", file.display())))?,
-        )),
-        (None, Some(var)) => Some((
-            "metrics.token_env",
-            std::env::var(var)
-                .map_err(|_| invalid("metrics.token_env", format!("the environment variable {var} is not set")))?,
-        )),
-        (None, None) => None,
-    };
-    let token_hash = match token {
-        Some((key, t)) if t.trim().is_empty() => return Err(invalid(key, "the token is empty".into())),
-        Some((_, t)) => Some(hash_token(t.trim())),
-        None => None,
-    };
-    Ok(MetricsAccess { enabled: m.enabled, token_hash })
+    Ok(MetricsAccess {
+        enabled: m.enabled,
+        token_hash: token_hash("metrics", m.token_file.as_deref(), m.token_env.as_deref())?,
+    })
 }
 
 /// The HTTP layer's settings from `[server]` and `[metrics]`, with each configured tenant's rules
@@ -120,8 +133,25 @@ pub fn scim_settings(config: &Config, bindings: &[Binding]) -> Result<ScimSettin
         }
     }
     settings.metrics = metrics_access(&config.metrics)?;
+    settings.status_token =
+        token_hash("status", config.status.token_file.as_deref(), config.status.token_env.as_deref())?;
     settings.targets = config.targets.iter().map(|t| t.name().to_owned()).collect();
+    settings.bindings = bindings.iter().map(|b| (b.target.name().to_owned(), b.tenants.clone())).collect();
     Ok(settings)
+}
+
+/// The webhooks of `[[alert]]`, their URLs read from files or the environment.
+///
+/// # Errors
+/// A URL that cannot be read or is not http(s), named as `alert.<name>`.
+pub fn alert_hooks(config: &Config) -> Result<Vec<alerts::Hook>, ConfigError> {
+    config
+        .alerts
+        .iter()
+        .map(|a| {
+            alerts::resolve(a).map_err(|message| ConfigError::Invalid { key: format!("alert.{}", a.name), message })
+        })
+        .collect()
 }
 
 /// The connection limits of `[server]`.
@@ -186,11 +216,23 @@ impl ReplayRun {
         bindings: Vec<Binding>,
         store: &ReplayStore,
         config: &Config,
+        hooks: Vec<alerts::Hook>,
         commits: tokio::sync::watch::Receiver<u64>,
     ) -> ReplayRun {
         let (stop, stopping) = tokio::sync::watch::channel(false);
-        let mut workers = schedules::spawn(config, &config.staging.path, &stopping);
-        workers.extend(replay::spawn(bindings, store.clone(), ReplaySettings::from(&config.replay), commits, stopping));
+        let alerts = alerts::start(hooks, stopping.clone());
+        let mut workers = schedules::spawn(config, &config.staging.path, &alerts, &stopping);
+        if config.retention.days > 0 {
+            let targets = config.targets.iter().map(|t| t.name().to_owned()).collect();
+            workers.push(tokio::spawn(retention::daily(
+                store.clone(),
+                config.retention.days,
+                targets,
+                stopping.clone(),
+            )));
+        }
+        let settings = ReplaySettings { alerts, ..ReplaySettings::from(&config.replay) };
+        workers.extend(replay::spawn(bindings, store.clone(), settings, commits, stopping));
         ReplayRun { stop, workers }
     }
 
@@ -237,7 +279,7 @@ pub async fn run_service(
     let staging = Staging::open(&config.staging.path, StagingOptions { max_batch: config.staging.max_batch })?;
     let store = ReplayStore::open(&config.staging.path)?;
     let metrics = Arc::new(Metrics::new());
-    let replay = ReplayRun::start(bindings, &store, config, staging.commits());
+    let replay = ReplayRun::start(bindings, &store, config, alert_hooks(config)?, staging.commits());
     let limits = Arc::new(Shared::new(connection_limits(config)));
     let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
     let listener = Listener {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{ReplayRun, bindings, connection_limits, scim_settings};
+use super::{ReplayRun, alert_hooks, bindings, connection_limits, scim_settings};
 use crate::config::Config;
 use crate::http::{ConnectionLimits, ScimSettings};
 use crate::ops::Shared;
@@ -77,6 +77,15 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.log != new.log {
         changed.push("log");
     }
+    if old.retention != new.retention {
+        changed.push("retention");
+    }
+    if old.alerts != new.alerts {
+        changed.push("alert");
+    }
+    if old.status != new.status {
+        changed.push("status");
+    }
     changed
 }
 
@@ -122,6 +131,7 @@ impl Running {
             || self.config.replay != new.replay;
         let bindings = bindings(&new).map_err(|e| e.to_string())?;
         let settings = scim_settings(&new, &bindings).map_err(|e| e.to_string())?;
+        let hooks = alert_hooks(&new).map_err(|e| e.to_string())?;
         let tls = match &new.server.tls {
             Some(t) => Some(server_config(&t.cert_file, &t.key_file).map_err(|e| e.to_string())?),
             None => None,
@@ -139,7 +149,7 @@ impl Running {
             if let Some(old) = self.replay.take() {
                 old.stop(self.grace).await;
             }
-            self.replay = Some(ReplayRun::start(bindings, &self.store, &new, self.commits.clone()));
+            self.replay = Some(ReplayRun::start(bindings, &self.store, &new, hooks, self.commits.clone()));
             tracing::info!(targets = new.targets.len(), "replay workers restarted with the new targets and tenants");
         }
         let changed = changed_sections(&self.config, &new);

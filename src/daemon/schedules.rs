@@ -7,6 +7,7 @@ use std::path::Path;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::ops::alerts::Alerts;
 use crate::reconcile::progress::LogLines;
 use crate::reconcile::schedule::{Clock, every};
 use crate::reconcile::{self, ReconcileError, Request, Trigger};
@@ -14,7 +15,12 @@ use crate::staging::replay_state::ReplayStore;
 use crate::targets::reconcile::parse_schedule;
 
 /// Starts the schedule tasks of `config`; they end when `stop` becomes true.
-pub(super) fn spawn(config: &Config, staging: &Path, stop: &watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+pub(super) fn spawn(
+    config: &Config,
+    staging: &Path,
+    alerts: &Alerts,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = Vec::new();
     for tc in &config.targets {
         let Some(text) = tc.reconcile().schedule.clone() else { continue };
@@ -48,12 +54,13 @@ pub(super) fn spawn(config: &Config, staging: &Path, stop: &watch::Receiver<bool
             .collect();
         let settings = tc.reconcile().clone();
         tracing::info!(target = %tc.name(), schedule = %text, "scheduled reconciliation (UTC)");
-        let stop = stop.clone();
+        let (stop, alerts) = (stop.clone(), alerts.clone());
         tasks.push(tokio::spawn(async move {
             let name = target.name().to_owned();
             every(schedule, Clock::new(), stop, |at| {
                 let (target, store, tenants, settings, name) =
                     (&target, &store, tenants.clone(), &settings, name.clone());
+                let alerts = alerts.clone();
                 async move {
                     tracing::info!(target = %name, due = %at.to_rfc3339(), "scheduled reconciliation due");
                     let req = Request {
@@ -65,6 +72,7 @@ pub(super) fn spawn(config: &Config, staging: &Path, stop: &watch::Receiver<bool
                         force: false,
                         trigger: Trigger::Schedule,
                         holder: format!("the daemon, pid {}", std::process::id()),
+                        alerts,
                     };
                     match reconcile::run(req, store, &LogLines::new(&name)).await {
                         Ok(_) => {}

@@ -11,6 +11,7 @@ mod resources;
 mod search;
 mod server;
 mod settings;
+mod status;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -74,6 +75,8 @@ struct AppState {
     ready: Arc<monitor::ReadyCache>,
     /// Becomes true when shutdown begins.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
+    /// When the server started (the status page's uptime).
+    started: std::time::Instant,
 }
 
 impl AppState {
@@ -117,6 +120,7 @@ fn router_stopping(service: Service, stopping: Arc<tokio::sync::watch::Sender<bo
         log_throttle: Arc::new(LogThrottle::new(Duration::from_secs(60))),
         ready: Arc::new(monitor::ReadyCache::default()),
         stopping,
+        started: std::time::Instant::now(),
     };
     let scim = Router::new()
         .route("/Users", resources::collection(Kind::User))
@@ -150,7 +154,9 @@ fn router_stopping(service: Service, stopping: Arc<tokio::sync::watch::Sender<bo
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(monitor::readyz))
-        .route("/metrics", get(monitor::metrics));
+        .route("/metrics", get(monitor::metrics))
+        .route("/status", get(status::status))
+        .route("/status/explain", get(status::explain));
     let app = if base.is_empty() { app.merge(scim) } else { app.nest(&base, scim) };
     // The body limit is enforced while reading, so that the 413 carries a SCIM error body.
     app.layer(middleware::from_fn_with_state(state.clone(), monitor::observe))

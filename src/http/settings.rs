@@ -32,8 +32,12 @@ pub struct ScimSettings {
     /// Time from a request's headers to its answer (503 after it).
     pub request_timeout: Duration,
     pub metrics: MetricsAccess,
+    /// SHA-256 of the admin token the status page requires; without one the page is off.
+    pub status_token: Option<[u8; 32]>,
     /// The targets /readyz checks, by name.
     pub targets: Vec<String>,
+    /// Each target with the tenants bound to it, for the status page.
+    pub bindings: Vec<(String, Vec<String>)>,
 }
 
 /// Who may read /metrics.
@@ -62,7 +66,9 @@ impl From<&ServerConfig> for ScimSettings {
             body_timeout: Duration::from_secs(s.body_timeout_seconds),
             request_timeout: Duration::from_secs(s.request_timeout_seconds),
             metrics: MetricsAccess { enabled: true, token_hash: None },
+            status_token: None,
             targets: Vec::new(),
+            bindings: Vec::new(),
         }
     }
 }

@@ -1,11 +1,15 @@
 //! What running scim-bridge as a service needs beside the pipeline: systemd notification, TLS on the
-//! listener, rate limits, and metrics. The HTTP layer and the daemon use these; they read staging, never
+//! listener, rate limits, metrics, and the story of a resource (`explain`, the status page). The HTTP layer and the daemon use these; they read staging, never
 //! the other way round.
 
+pub mod alerts;
 pub mod metrics;
 pub mod notify;
 pub mod rate;
+pub mod retention;
+pub mod story;
 pub mod tls;
+pub mod webhook;
 
 use std::sync::{Arc, RwLock};
 

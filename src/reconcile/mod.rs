@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use self::plan::{Compare, Plan, Planner};
 use self::progress::Progress;
+use crate::ops::alerts::{Alerts, Event};
 use crate::scim::schema::Kind;
 use crate::staging::StagingError;
 use crate::staging::journal::TenantId;
@@ -61,6 +62,8 @@ pub struct Request<'a> {
     pub trigger: Trigger,
     /// Who runs it ("pid 4711 on host"), for a run that finds the target busy.
     pub holder: String,
+    /// Told when the run stops at its safety limit or fails.
+    pub alerts: Alerts,
 }
 
 /// How a run ended.
@@ -193,6 +196,12 @@ pub async fn run(req: Request<'_>, store: &ReplayStore, progress: &dyn Progress)
     let (status, counts, detail) = (finished.status, finished.plan.counts(), finished.detail.clone());
     store.run(move |s| s.finish_run(run_id, status, &counts, detail.as_deref())).await?;
     let counts = finished.plan.counts();
+    let detail = finished.detail.clone().unwrap_or_default();
+    match finished.status {
+        RunStatus::Stopped => req.alerts.send(Event::ReconcileStopped { target: name.clone(), run: run_id, detail }),
+        RunStatus::Failed => req.alerts.send(Event::ReconcileFailed { target: name.clone(), run: run_id, detail }),
+        _ => {}
+    }
     match finished.status {
         RunStatus::Stopped | RunStatus::Failed => tracing::error!(
             target = %name, run = run_id, counts = ?counts, "reconciliation {}: {}", finished.status.as_str(), finished.detail.as_deref().unwrap_or_default()

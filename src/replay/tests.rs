@@ -110,6 +110,7 @@ impl Harness {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(8),
             probe_interval: Duration::from_secs(30),
+            alerts: Default::default(),
         };
         let (stop, stopping) = watch::channel(false);
         let binding = Binding { target: target.clone(), tenants: vec!["t".into()] };

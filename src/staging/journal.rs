@@ -149,11 +149,13 @@ pub struct Applied {
     pub key: Option<String>,
     pub outcome: Outcome,
     pub detail: String,
+    /// What was written downstream, readable: statements with their values, LDAP operations.
+    pub operations: Vec<String>,
 }
 
 impl Applied {
     pub fn new(key: Option<String>, outcome: Outcome, detail: impl Into<String>) -> Applied {
-        Applied { key, outcome, detail: detail.into() }
+        Applied { key, outcome, detail: detail.into(), operations: Vec::new() }
     }
 }
 

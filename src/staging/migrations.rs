@@ -205,6 +205,13 @@ const MIGRATIONS: &[&str] = &[
         expires       INTEGER NOT NULL      -- unix milliseconds; renewed while the run lives
     );
     "#,
+    // 10: what each applied change wrote downstream (statements with values, LDAP operations), for
+    // `scim-bridge explain`; the audit trail by time, for `history` and retention.
+    r#"
+    ALTER TABLE audit ADD COLUMN operations TEXT;   -- JSON array of strings
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX journal_created ON journal(created);
+    "#,
 ];
 
 /// Brings the database to the latest schema version. Safe against another process opening the same new
@@ -284,7 +291,7 @@ mod tests {
         migrate(&mut conn).unwrap();
         let v: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(v, latest_version());
-        assert_eq!(latest_version(), 9);
+        assert_eq!(latest_version(), 10);
         migrate(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(migrate(&mut conn), Err(MigrationError::TooNew { found: 99, .. })));

@@ -13,9 +13,11 @@ use super::read::{parse_body, parse_kind};
 use super::{StagingError, open_connection, open_migrated};
 use crate::scim::schema::Kind;
 
+mod history;
 mod operator;
 mod runs;
 
+pub use history::{AuditRow, Candidate, Change, LinkRow, Story};
 pub use operator::{Health, PendingMember, TargetStats};
 pub use runs::{Desired, LeaseHeld, Run, RunStatus, TargetLink};
 
@@ -427,9 +429,11 @@ impl ReplayStore {
                 )?;
                 let mut unlink = tx.prepare_cached("DELETE FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3")?;
                 let mut audit = tx.prepare_cached(
-                    "INSERT INTO audit (at, target, tenant_id, seq, request_id, kind, resource_id, op, downstream_key, outcome, detail)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                    "INSERT INTO audit (at, target, tenant_id, seq, request_id, kind, resource_id, op, downstream_key, outcome, detail, operations)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
+                let dead: HashSet<i64> =
+                    r.failures.iter().filter(|f| f.state == FailureState::Dead).map(|f| f.seq.0).collect();
                 for (e, a) in &r.applied {
                     let id = e.resource_id.as_str();
                     match &a.key {
@@ -439,10 +443,13 @@ impl ReplayStore {
                         }
                         None => unlink.execute(params![r.target, e.tenant.0, id])?,
                     };
-                    audit.execute(params![at, r.target, e.tenant.0, e.seq.0, e.request_id, e.kind.as_str(), id, e.op.as_str(), a.key, a.outcome.as_str(), a.detail])?;
+                    let ops = (!a.operations.is_empty()).then(|| serde_json::to_string(&a.operations).unwrap_or_default());
+                    audit.execute(params![at, r.target, e.tenant.0, e.seq.0, e.request_id, e.kind.as_str(), id, e.op.as_str(), a.key, a.outcome.as_str(), a.detail, ops])?;
                 }
                 for (e, err) in &r.errors {
-                    audit.execute(params![at, r.target, e.tenant.0, e.seq.0, e.request_id, e.kind.as_str(), e.resource_id.as_str(), e.op.as_str(), Option::<String>::None, "error", err])?;
+                    // A change parked as a dead letter says so in the trail (`history --outcome dead`).
+                    let outcome = if dead.contains(&e.seq.0) { "dead" } else { "error" };
+                    audit.execute(params![at, r.target, e.tenant.0, e.seq.0, e.request_id, e.kind.as_str(), e.resource_id.as_str(), e.op.as_str(), Option::<String>::None, outcome, err, Option::<String>::None])?;
                 }
                 let mut resolve = tx.prepare_cached("DELETE FROM replay_failures WHERE target = ?1 AND seq = ?2")?;
                 for seq in &r.resolved {

@@ -130,6 +130,23 @@ impl ReplayStore {
         Ok(dead)
     }
 
+    /// Users and groups per tenant (kept by triggers; no scan).
+    ///
+    /// # Errors
+    /// The staging database cannot be read.
+    pub fn tenant_counts(&self) -> Result<Vec<(String, i64, i64)>, StagingError> {
+        self.with(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT t.name,
+                        COALESCE((SELECT count FROM resource_counts WHERE tenant_id = t.id AND kind = 'User'), 0),
+                        COALESCE((SELECT count FROM resource_counts WHERE tenant_id = t.id AND kind = 'Group'), 0)
+                 FROM tenants t ORDER BY t.name",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
     /// The recorded health of every target.
     pub fn health(&self) -> Result<Vec<Health>, StagingError> {
         self.with(|c| {

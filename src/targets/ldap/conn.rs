@@ -121,15 +121,34 @@ impl LdapTarget {
         }
     }
 
+    /// Notes a write for the audit trail of the entry being applied, with secret values masked.
+    pub(super) fn note(&self, op: String) {
+        let _ = super::TRACE.try_with(|t| t.borrow_mut().push(op));
+    }
+
+    /// Adds an entry (the caller handles "already exists").
+    pub(super) async fn add_entry(
+        &self,
+        l: &mut Ldap,
+        dn: &str,
+        attrs: Vec<(String, std::collections::HashSet<String>)>,
+    ) -> Result<ldap3::LdapResult, LdapError> {
+        let shown: Vec<String> = attrs.iter().map(|(a, v)| format!("{a}: {}", values(a, v.iter()))).collect();
+        self.note(format!("add {dn} ({})", shown.join("; ")));
+        l.with_timeout(self.timeout).add(dn, attrs).await.and_then(|r| r.success())
+    }
+
     pub(super) async fn modify(&self, l: &mut Ldap, dn: &str, mods: Vec<Mod<String>>) -> Result<(), TargetError> {
         if mods.is_empty() {
             return Ok(());
         }
+        self.note(format!("modify {dn}: {}", show_mods(&mods)));
         l.with_timeout(self.timeout).modify(dn, mods).await.and_then(|r| r.success()).map(|_| ()).map_err(classify)
     }
 
     /// A modify whose result code is returned rather than turned into an error (member edits tolerate some).
     pub(super) async fn modify_rc(&self, l: &mut Ldap, dn: &str, mods: Vec<Mod<String>>) -> Result<u32, TargetError> {
+        self.note(format!("modify {dn}: {}", show_mods(&mods)));
         let r = l.with_timeout(self.timeout).modify(dn, mods).await.map_err(classify)?;
         Ok(r.rc)
     }
@@ -142,6 +161,7 @@ impl LdapTarget {
         rdn: &str,
         new_sup: Option<&str>,
     ) -> Result<(), TargetError> {
+        self.note(format!("rename {dn} to {rdn}{}", new_sup.map(|s| format!(" under {s}")).unwrap_or_default()));
         l.with_timeout(self.timeout)
             .modifydn(dn, rdn, true, new_sup)
             .await
@@ -152,10 +172,31 @@ impl LdapTarget {
 
     /// Deletes an entry; one that is already gone counts as deleted.
     pub(super) async fn delete_entry(&self, l: &mut Ldap, dn: &str) -> Result<(), TargetError> {
+        self.note(format!("delete {dn}"));
         match l.with_timeout(self.timeout).delete(dn).await.and_then(|r| r.success()) {
             Ok(_) => Ok(()),
             Err(LdapError::LdapResult { result }) if result.rc == NO_SUCH_OBJECT => Ok(()),
             Err(err) => Err(classify(err)),
         }
     }
+}
+
+/// Attribute values as a trace shows them: secrets masked.
+fn values<'a>(attr: &str, vals: impl Iterator<Item = &'a String>) -> String {
+    let secret = ["userpassword", "unicodepwd"].contains(&attr.to_ascii_lowercase().as_str());
+    let mut shown: Vec<String> = vals.map(|v| if secret { "(secret)".to_owned() } else { format!("{v:?}") }).collect();
+    shown.sort();
+    if shown.is_empty() { "(none)".to_owned() } else { shown.join(", ") }
+}
+
+fn show_mods(mods: &[Mod<String>]) -> String {
+    mods.iter()
+        .map(|m| match m {
+            Mod::Add(a, v) => format!("add {a} {}", values(a, v.iter())),
+            Mod::Delete(a, v) => format!("delete {a} {}", values(a, v.iter())),
+            Mod::Replace(a, v) => format!("replace {a} {}", values(a, v.iter())),
+            Mod::Increment(a, v) => format!("increment {a} {v}"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }

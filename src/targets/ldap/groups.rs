@@ -171,7 +171,7 @@ impl LdapTarget {
                         attrs.push((class.member_attr().to_owned(), members));
                     }
                 }
-                match l.with_timeout(self.timeout).add(&dn, attrs).await.and_then(|r| r.success()) {
+                match self.add_entry(l, &dn, attrs).await {
                     Ok(_) => {}
                     Err(LdapError::LdapResult { result }) if result.rc == ALREADY_EXISTS => {
                         for v in &added {

@@ -89,6 +89,12 @@ pub struct LdapTarget {
     last_gid: Mutex<Option<u32>>,
 }
 
+tokio::task_local! {
+    /// The writes of the entry being applied, for the audit trail: one per apply, however many batches
+    /// run at once on the shared connection.
+    static TRACE: std::cell::RefCell<Vec<String>>;
+}
+
 fn set(values: &[String]) -> HashSet<String> {
     values.iter().cloned().collect()
 }
@@ -153,12 +159,18 @@ impl LdapTarget {
         for e in entries {
             let resource = e.resource();
             let link = links.get(&resource).cloned();
-            let r = match e.kind {
-                Kind::User => self.apply_user(&mut l, e, link, links, claims).await,
-                Kind::Group => self.apply_group(&mut l, e, link.map(|l| l.key), links, claims).await,
-            };
+            let (r, operations) = TRACE
+                .scope(std::cell::RefCell::new(Vec::new()), async {
+                    let r = match e.kind {
+                        Kind::User => self.apply_user(&mut l, e, link, links, claims).await,
+                        Kind::Group => self.apply_group(&mut l, e, link.map(|l| l.key), links, claims).await,
+                    };
+                    (r, TRACE.with(|t| t.take()))
+                })
+                .await;
             match r {
-                Ok(a) => {
+                Ok(mut a) => {
+                    a.operations = operations;
                     remember(links, resource, e.kind, &a);
                     out.push(a);
                 }

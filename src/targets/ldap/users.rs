@@ -150,7 +150,7 @@ impl LdapTarget {
         if !active {
             self.disabled_on_create(&mut attrs);
         }
-        match l.with_timeout(self.timeout).add(&dn, attrs).await.and_then(|r| r.success()) {
+        match self.add_entry(l, &dn, attrs).await {
             Ok(_) => Ok((dn, Outcome::Created)),
             // An entry with this name exists. Created by an earlier attempt whose outcome was not recorded,
             // it carries this user's address and no other resource's link: take it over. Anyone else's

@@ -225,7 +225,7 @@ impl Db {
             Db::Any(pool) => {
                 let pg = pool.connect_options().database_url.scheme().starts_with("postgres");
                 match pool.begin().await {
-                    Ok(tx) => Ok(Tx::Any(Some(tx), pg)),
+                    Ok(tx) => Ok(Tx { conn: Conn::Any(Some(tx), pg), trace: Vec::new() }),
                     // The pool only says it waited in vain; a direct attempt says why.
                     Err(sqlx::Error::PoolTimedOut) => match self.connect_once(Duration::from_secs(5)).await {
                         Err(e) => Err(e),
@@ -261,7 +261,7 @@ async fn begin_sqlite(
     let mut tx = SqliteTx { guard, open: false };
     tx.run(|c| c.execute_batch("BEGIN IMMEDIATE")).map_err(classify_sqlite)?;
     tx.open = true;
-    Ok(Tx::Sqlite(tx))
+    Ok(Tx { conn: Conn::Sqlite(tx), trace: Vec::new() })
 }
 
 /// Runs blocking SQLite work without stalling other tasks on a multi-threaded runtime.
@@ -294,11 +294,86 @@ impl Drop for SqliteTx {
     }
 }
 
-/// An open transaction. Dropping it without `commit` rolls back.
-pub enum Tx {
+/// The connection of an open transaction.
+enum Conn {
     /// `pg`: PostgreSQL, where every parameter is bound as text (see the module comment).
     Any(Option<sqlx::Transaction<'static, sqlx::Any>>, bool),
     Sqlite(SqliteTx),
+}
+
+/// An open transaction. Dropping it without `commit` rolls back. It keeps a readable trace of the writes
+/// it made (statement and parameter values), for the audit trail and `scim-bridge explain`.
+pub struct Tx {
+    conn: Conn,
+    trace: Vec<String>,
+}
+
+/// A statement without the casts PostgreSQL's binding adds (`CAST(CAST($1 AS TEXT) AS integer)` → `$1`).
+fn uncast(sql: &str) -> String {
+    let mut out = String::new();
+    let mut rest = sql;
+    while let Some(i) = rest.find("CAST(CAST(") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "CAST(CAST(".len()..];
+        let inner = after.find(" AS TEXT) AS ").and_then(|j| {
+            // The type may hold parentheses of its own (numeric(10,2)): find the one that closes the cast.
+            let tail = &after[j + " AS TEXT) AS ".len()..];
+            let mut depth = 0;
+            tail.char_indices()
+                .find_map(|(k, c)| match c {
+                    '(' => {
+                        depth += 1;
+                        None
+                    }
+                    ')' if depth == 0 => Some(k),
+                    ')' => {
+                        depth -= 1;
+                        None
+                    }
+                    _ => None,
+                })
+                .map(|k| (&after[..j], &tail[k + 1..]))
+        });
+        match inner {
+            Some((param, tail)) => {
+                out.push_str(param);
+                rest = tail;
+            }
+            None => {
+                out.push_str("CAST(CAST(");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A statement with its parameter values, as `explain` shows it.
+fn readable(sql: &str, params: &[SqlValue]) -> String {
+    let values: Vec<String> = params
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let shown = match v {
+                SqlValue::Null => "NULL".to_owned(),
+                SqlValue::Text(s) if s.chars().count() > 200 => {
+                    format!("{:?}…", s.chars().take(200).collect::<String>())
+                }
+                SqlValue::Text(s) => format!("{s:?}"),
+                other => other.as_text().unwrap_or_default(),
+            };
+            format!("#{} = {shown}", i + 1)
+        })
+        .collect();
+    let sql = uncast(&sql.split_whitespace().collect::<Vec<_>>().join(" "));
+    if values.is_empty() { sql } else { format!("{sql}  [{}]", values.join(", ")) }
+}
+
+/// Whether a statement writes (reads are not traced).
+fn writes(sql: &str) -> bool {
+    let head = sql.trim_start().get(..6).unwrap_or_default().to_ascii_uppercase();
+    !matches!(head.as_str(), "SELECT" | "WITH R")
 }
 
 fn to_rusqlite(v: &SqlValue) -> rusqlite::types::Value {
@@ -334,17 +409,25 @@ fn bind_all<'q>(
 }
 
 impl Tx {
+    /// The writes traced since the last call.
+    pub fn take_trace(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.trace)
+    }
+
     fn any(&mut self) -> Result<&mut sqlx::Transaction<'static, sqlx::Any>, TargetError> {
-        match self {
-            Tx::Any(Some(t), _) => Ok(t),
+        match &mut self.conn {
+            Conn::Any(Some(t), _) => Ok(t),
             _ => Err(TargetError::transient("transaction already finished")),
         }
     }
 
     /// Runs a query; every result column is read as optional text.
     pub async fn query(&mut self, sql: &str, params: &[SqlValue]) -> Result<Vec<Vec<Option<String>>>, TargetError> {
-        match self {
-            Tx::Sqlite(tx) => {
+        if writes(sql) {
+            self.trace.push(readable(sql, params));
+        }
+        match &mut self.conn {
+            Conn::Sqlite(tx) => {
                 let params: Vec<rusqlite::types::Value> = params.iter().map(to_rusqlite).collect();
                 tx.run(|c| {
                     let mut stmt = c.prepare_cached(sql)?;
@@ -367,7 +450,7 @@ impl Tx {
                 })
                 .map_err(classify_sqlite)
             }
-            Tx::Any(_, pg) => {
+            Conn::Any(_, pg) => {
                 let pg = *pg;
                 let tx = self.any()?;
                 // Identifiers in `sql` are checked and quoted, values are bound: the text is safe by construction.
@@ -382,14 +465,15 @@ impl Tx {
 
     /// Runs a statement; returns the number of rows it changed.
     pub async fn exec(&mut self, sql: &str, params: &[SqlValue]) -> Result<u64, TargetError> {
-        match self {
-            Tx::Sqlite(tx) => {
+        self.trace.push(readable(sql, params));
+        match &mut self.conn {
+            Conn::Sqlite(tx) => {
                 let params: Vec<rusqlite::types::Value> = params.iter().map(to_rusqlite).collect();
                 tx.run(|c| c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter())))
                     .map(|n| n as u64)
                     .map_err(classify_sqlite)
             }
-            Tx::Any(_, pg) => {
+            Conn::Any(_, pg) => {
                 let pg = *pg;
                 let tx = self.any()?;
                 let r = bind_all(sqlx::query(AssertSqlSafe(sql.to_owned())), params, pg)
@@ -402,10 +486,10 @@ impl Tx {
     }
 
     pub async fn commit(self) -> Result<(), TargetError> {
-        match self {
-            Tx::Any(Some(t), _) => t.commit().await.map_err(classify_sqlx),
-            Tx::Any(None, _) => Ok(()),
-            Tx::Sqlite(mut tx) => {
+        match self.conn {
+            Conn::Any(Some(t), _) => t.commit().await.map_err(classify_sqlx),
+            Conn::Any(None, _) => Ok(()),
+            Conn::Sqlite(mut tx) => {
                 let r = tx.run(|c| c.execute_batch("COMMIT")).map_err(classify_sqlite);
                 if r.is_ok() {
                     tx.open = false;
@@ -416,12 +500,12 @@ impl Tx {
     }
 
     pub async fn rollback(self) {
-        match self {
-            Tx::Any(Some(t), _) => {
+        match self.conn {
+            Conn::Any(Some(t), _) => {
                 let _ = t.rollback().await;
             }
-            Tx::Any(None, _) => {}
-            Tx::Sqlite(tx) => drop(tx),
+            Conn::Any(None, _) => {}
+            Conn::Sqlite(tx) => drop(tx),
         }
     }
 }
@@ -502,6 +586,20 @@ mod tests {
         }
         assert_eq!(Dialect::Postgres.quote("crm.employees"), "\"crm\".\"employees\"");
         assert_eq!(Dialect::Mysql.quote("employees"), "`employees`");
+    }
+
+    #[test]
+    fn traces_read_without_binding_casts() {
+        assert_eq!(
+            uncast(
+                "UPDATE t SET a = CAST(CAST($1 AS TEXT) AS numeric(10,2)), b = CAST(CAST($2 AS TEXT) AS character varying) WHERE id = CAST(CAST($3 AS TEXT) AS integer)"
+            ),
+            "UPDATE t SET a = $1, b = $2 WHERE id = $3"
+        );
+        assert_eq!(
+            readable("INSERT INTO t (a) VALUES (?1)", &[SqlValue::Text("x".into())]),
+            "INSERT INTO t (a) VALUES (?1)  [#1 = \"x\"]"
+        );
     }
 
     #[test]

@@ -199,7 +199,8 @@ impl SqlTarget {
                 Kind::Group => self.apply_group(&mut tx, types, &w, links).await,
             };
             match r {
-                Ok(a) => {
+                Ok(mut a) => {
+                    a.operations = tx.take_trace();
                     remember(links, resource, entry.kind, &a);
                     out.push(a);
                 }
