@@ -524,6 +524,11 @@ impl Config {
         self.tenants.iter().filter(|t| t.name == tenant).flat_map(|t| t.targets.iter().map(String::as_str)).collect()
     }
 
+    /// The names of the tenants bound to the target `target`.
+    pub fn tenants_of(&self, target: &str) -> Vec<String> {
+        self.tenants.iter().filter(|t| t.targets.iter().any(|n| n == target)).map(|t| t.name.clone()).collect()
+    }
+
     /// # Errors
     /// `server.listen` is not an `address:port`.
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

@@ -64,12 +64,7 @@ pub fn run(path: Option<&Path>, args: &Args<'_>) -> anyhow::Result<()> {
         let mut documents = Vec::new();
         for tc in targets {
             let target = daemon::build_target(tc)?;
-            let tenants: Vec<String> = config
-                .tenants
-                .iter()
-                .filter(|t| t.targets.iter().any(|n| n == tc.name()))
-                .map(|t| t.name.clone())
-                .collect();
+            let tenants = config.tenants_of(tc.name());
             if let Some(t) = args.tenant
                 && !tenants.iter().any(|n| n == t)
             {

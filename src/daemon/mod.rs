@@ -65,15 +65,7 @@ pub fn bindings(config: &Config) -> Result<Vec<Binding>, ConfigError> {
     config
         .targets
         .iter()
-        .map(|t| {
-            let tenants = config
-                .tenants
-                .iter()
-                .filter(|tc| tc.targets.iter().any(|n| n == t.name()))
-                .map(|tc| tc.name.clone())
-                .collect();
-            Ok(Binding { target: build_target(t)?, tenants })
-        })
+        .map(|t| Ok(Binding { target: build_target(t)?, tenants: config.tenants_of(t.name()) }))
         .collect()
 }
 

@@ -46,12 +46,7 @@ pub(super) fn spawn(
                 continue;
             }
         };
-        let tenants: Vec<String> = config
-            .tenants
-            .iter()
-            .filter(|t| t.targets.iter().any(|n| n == tc.name()))
-            .map(|t| t.name.clone())
-            .collect();
+        let tenants = config.tenants_of(tc.name());
         let settings = tc.reconcile().clone();
         tracing::info!(target = %tc.name(), schedule = %text, "scheduled reconciliation (UTC)");
         let (stop, alerts) = (stop.clone(), alerts.clone());
