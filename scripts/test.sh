@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine as in CI: makes sure the services the tests talk to are up
-# (PostgreSQL on 127.0.0.1:5432, MariaDB on 127.0.0.1:3306), installs OpenLDAP's slapd when missing,
+# (PostgreSQL on 127.0.0.1:5432, MariaDB on 127.0.0.1:3306), installs OpenLDAP's slapd, Samba and 389-DS
+# when missing,
 # then runs every test, and checks the systemd unit and the Debian package (as root, as CI runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,17 @@ if ! [ -x /usr/sbin/slapd ] || ! [ -x /usr/sbin/slapadd ] || ! command -v openss
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq slapd ldap-utils openssl >/dev/null
+fi
+
+# A Samba Active Directory domain controller (tests/ad_target.rs) and a 389 Directory Server
+# (tests/ds389_target.rs), each made by its script in tests/servers/ in a temporary directory.
+if ! command -v samba >/dev/null || ! command -v samba-tool >/dev/null || ! command -v dscreate >/dev/null ||
+    ! [ -x /usr/sbin/ns-slapd ] || ! command -v ss >/dev/null; then
+    need "installing samba (an AD domain controller) and 389-ds-base from Debian's packages"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq samba samba-dsdb-modules samba-vfs-modules samba-ad-provision 389-ds-base iproute2 \
+        >/dev/null
 fi
 
 # Headless Chromium loads the status page in tests/explain.rs.

@@ -393,9 +393,7 @@ impl<T: ReplayTarget> Worker<T> {
         let mut resources: HashSet<ResourceRef> = HashSet::new();
         for e in entries {
             resources.insert(e.resource());
-            for m in e.members_added.iter().chain(&e.members_removed) {
-                resources.insert(e.member(m));
-            }
+            resources.extend(e.referenced());
         }
         self.store_call(move |s, t| s.links(&t, &resources)).await
     }

@@ -295,7 +295,8 @@ async fn attribute_move_and_ad_representations() {
     // does not expire), and DELETE with the delete policy removes the entry.
     let s = TestServer::start_daemon(&config(
         &slapd,
-        "method = \"ad\"",
+        // The stand-in has no unicodePwd and the connection is plain: no initial password.
+        "method = \"ad\"\ninitial_password = \"none\"",
         "delete",
         "\"inetOrgPerson\", \"adCompatUser\"",
         "userAccountControl = \"'66048'\"",

@@ -411,6 +411,45 @@ mod tests {
         assert_eq!(bindings(&c).unwrap()[0].tenants, ["entra-prod"]);
     }
 
+    /// The commented LDAP targets of the example (OpenLDAP, Active Directory, 389-DS), uncommented, parse
+    /// and build (with a password file that exists, and the system's CAs instead of ca_file).
+    #[tokio::test]
+    async fn example_ldap_targets_are_valid() {
+        let text = include_str!("../../config.toml.example");
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "secret\n").unwrap();
+        let mut names = Vec::new();
+        for block in text.split("\n# [[target]]\n").skip(1) {
+            let mut toml = String::from("[[target]]\n");
+            for line in block.lines().take_while(|l| l.starts_with('#') && !l.starts_with("# ----")) {
+                let line = line.strip_prefix("# ").unwrap_or("");
+                if line.starts_with("ca_file") {
+                    continue;
+                }
+                if line.starts_with("password_file") {
+                    toml.push_str(&format!("password_file = {:?}\n", pw.display().to_string()));
+                } else {
+                    toml.push_str(line);
+                    toml.push('\n');
+                }
+            }
+            let name = toml.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"').to_owned();
+            let tenant = format!("[[tenant]]\nname = \"t\"\ntargets = [{name:?}]\n");
+            let c = Config::parse(&format!("{tenant}{toml}")).unwrap_or_else(|e| panic!("{name}: {e}\n{toml}"));
+            bindings(&c).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if name == "ad" {
+                // A random initial password needs TLS: plain ldap:// is refused, naming the key.
+                let plain = toml.replace("ldaps://dc1.corp.example.com:636", "ldap://dc1.corp.example.com:389");
+                let c = Config::parse(&format!("{tenant}{plain}")).unwrap();
+                let e = bindings(&c).map(|_| ()).unwrap_err().to_string();
+                assert!(e.contains("target.ad.disable.initial_password") && e.contains("TLS"), "{e}");
+            }
+            names.push(name);
+        }
+        assert_eq!(names, ["directory", "ad", "ds389"]);
+    }
+
     #[tokio::test]
     async fn embedded_default_parses_and_builds() {
         let c = Config::parse(EMBEDDED).unwrap();

@@ -211,7 +211,7 @@ async fn write_batch(
     let name = req.target.name().to_owned();
     let mut resources: HashSet<ResourceRef> = entries.iter().map(Entry::resource).collect();
     for e in entries {
-        resources.extend(e.members_added.iter().chain(&e.members_removed).map(|m| e.member(m)));
+        resources.extend(e.referenced());
     }
     let mut links = {
         let n = name.clone();

@@ -109,6 +109,20 @@ impl Entry {
     pub fn member(&self, id: &ResourceId) -> ResourceRef {
         ResourceRef { tenant: self.tenant, id: id.clone() }
     }
+
+    /// The user's manager: the enterprise extension's `manager.value` (or a bare string), as a resource of
+    /// the same tenant.
+    pub fn manager(&self) -> Option<ResourceRef> {
+        let m = self.state.get(crate::scim::schema::ENTERPRISE_SCHEMA)?.get("manager")?;
+        let id = m.get("value").unwrap_or(m).as_str()?.trim();
+        (!id.is_empty()).then(|| self.member(&ResourceId(id.to_owned())))
+    }
+
+    /// The other resources this entry names, whose links replay loads with the entry's own: group members
+    /// and a user's manager.
+    pub fn referenced(&self) -> impl Iterator<Item = ResourceRef> + '_ {
+        self.members_added.iter().chain(&self.members_removed).map(|m| self.member(m)).chain(self.manager())
+    }
 }
 
 /// What applying an entry did downstream.

@@ -106,6 +106,8 @@ impl TargetError {
 }
 
 /// A configured target.
+// One per configured target, built once and shared: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     Sql(sql::SqlTarget),
     Ldap(ldap::LdapTarget),

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod db;
 pub mod proxy;
 pub mod raw;
+pub mod servers;
 pub mod slapd;
 
 use std::path::PathBuf;

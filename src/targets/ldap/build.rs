@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::config::LdapTargetConfig;
+use super::config::{Disable, InitialPassword, LdapTargetConfig};
 use super::{GroupClass, Groups, LdapTarget, Users};
 use crate::mapping::Source;
 use crate::scim::schema::Kind;
@@ -80,7 +80,19 @@ fn users(cfg: &LdapTargetConfig) -> Result<Users, BuildError> {
     if u.object_classes.is_empty() {
         return Err(bad("users.object_classes", "name at least one object class, e.g. [\"inetOrgPerson\"]"));
     }
+    let sam = u
+        .sam_account_name
+        .as_deref()
+        .map(|t| Source::parse(Kind::User, t).map_err(|e| bad("users.sam_account_name", e)))
+        .transpose()?;
+    if let Some(a) = &u.manager_attribute
+        && (a.is_empty() || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+    {
+        return Err(bad("users.manager_attribute", format!("{a:?} is not an attribute name")));
+    }
     Ok(Users {
+        sam,
+        manager_attr: u.manager_attribute.clone(),
         base_dn: u.base_dn.clone(),
         rdn_attr,
         rdn,
@@ -97,13 +109,19 @@ fn groups(cfg: &LdapTargetConfig) -> Result<Option<Groups>, BuildError> {
         "groupOfNames" => GroupClass::Names,
         "groupOfUniqueNames" => GroupClass::UniqueNames,
         "posixGroup" => GroupClass::Posix,
+        "group" => GroupClass::Ad,
         other => {
             return Err(bad(
                 "groups.object_class",
-                format!("{other:?} is not groupOfNames, groupOfUniqueNames or posixGroup"),
+                format!("{other:?} is not groupOfNames, groupOfUniqueNames, posixGroup or group"),
             ));
         }
     };
+    let sam = g
+        .sam_account_name
+        .as_deref()
+        .map(|t| Source::parse(Kind::Group, t).map_err(|e| bad("groups.sam_account_name", e)))
+        .transpose()?;
     Ok(Some(Groups {
         base_dn: g.base_dn.clone(),
         rdn_attr,
@@ -111,6 +129,8 @@ fn groups(cfg: &LdapTargetConfig) -> Result<Option<Groups>, BuildError> {
         class,
         empty_member: g.empty_member.clone(),
         gid_start: g.gid_start,
+        group_type: g.group_type,
+        sam,
     }))
 }
 
@@ -126,6 +146,15 @@ impl LdapTarget {
         }
         if cfg.starttls && lower.starts_with("ldaps://") {
             return Err(bad("starttls", "not with ldaps:// (the connection is already TLS)"));
+        }
+        if let Disable::Ad { initial_password: InitialPassword::Random } = cfg.disable
+            && !cfg.starttls
+            && !lower.starts_with("ldaps://")
+        {
+            return Err(bad(
+                "disable.initial_password",
+                "Active Directory accepts a password only over TLS: use an ldaps:// url or starttls = true (or initial_password = \"none\" for a directory that only imitates AD)",
+            ));
         }
         Ok(LdapTarget {
             name: cfg.name.clone(),

@@ -60,6 +60,15 @@ pub struct LdapUsers {
     pub match_filter: String,
     /// attribute = source, in the same mapping language as the SQL target's columns.
     pub attributes: BTreeMap<String, String>,
+    /// Active Directory: a template for `sAMAccountName`, set when the entry is created and not changed
+    /// after (it is the user's logon name). The value is cut down to what AD accepts (see
+    /// `targets::ldap::ad`): up to its first `@`, without the characters AD forbids, at most 20
+    /// characters, and made unique in the domain with a suffix derived from the SCIM id.
+    pub sam_account_name: Option<String>,
+    /// The attribute that holds the DN of the user's manager (`manager`), from the enterprise extension's
+    /// `manager.value` when the manager is provisioned in this directory; removed when the user has no
+    /// manager or the manager is not provisioned here.
+    pub manager_attribute: Option<String>,
 }
 
 fn default_user_classes() -> Vec<String> {
@@ -79,9 +88,27 @@ pub enum Disable {
     #[default]
     Ppolicy,
     /// Active Directory: bit 0x2 (ACCOUNTDISABLE) of userAccountControl, other bits kept.
-    Ad,
+    Ad {
+        /// What a new account gets as its password (AD keeps an account without one disabled).
+        #[serde(default)]
+        initial_password: InitialPassword,
+    },
     /// Move the entry below another base DN while disabled, and back.
     Move { disabled_base_dn: String },
+}
+
+/// The password an Active Directory account gets when scim-bridge creates it.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialPassword {
+    /// A random password of 32 characters from the four character classes, set as `unicodePwd` in the
+    /// add itself (AD accepts it only over TLS), never stored or logged: the account can be enabled, and
+    /// its person sets a password through the organisation's reset process or Entra password writeback.
+    #[default]
+    Random,
+    /// No password: for a directory that only imitates AD's userAccountControl. A real AD refuses to
+    /// enable an account without a password (0000052D), so enabling becomes a dead letter.
+    None,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -91,9 +118,16 @@ pub struct LdapGroups {
     /// `cn={displayName}`.
     #[serde(default = "default_group_rdn")]
     pub rdn: String,
-    /// groupOfNames, groupOfUniqueNames or posixGroup.
+    /// groupOfNames, groupOfUniqueNames, posixGroup, or group (Active Directory).
     #[serde(default = "default_group_class")]
     pub object_class: String,
+    /// Active Directory (object_class = "group"): groupType; the default -2147483646 is a global security
+    /// group.
+    #[serde(default = "default_group_type")]
+    pub group_type: i32,
+    /// Active Directory: a template for the group's `sAMAccountName` (same rule as users', at most 256
+    /// characters), set at creation.
+    pub sam_account_name: Option<String>,
     /// groupOfNames and groupOfUniqueNames need at least one member: this DN stands in while a group has
     /// none, and is removed when a real member arrives.
     #[serde(default = "default_empty_member")]
@@ -108,6 +142,10 @@ fn default_group_rdn() -> String {
 }
 fn default_group_class() -> String {
     "groupOfNames".into()
+}
+fn default_group_type() -> i32 {
+    // ACCOUNT_GROUP (0x2) | SECURITY_ENABLED (0x80000000).
+    -2_147_483_646
 }
 fn default_empty_member() -> String {
     "cn=empty-membership-placeholder".into()

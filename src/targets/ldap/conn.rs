@@ -19,12 +19,21 @@ pub(super) fn classify(e: LdapError) -> TargetError {
 pub(super) fn classify_rc(rc: u32, text: &str) -> TargetError {
     let msg = format!("LDAP result {rc}{}{text}", if text.is_empty() { "" } else { ": " });
     match rc {
+        // Active Directory begins its diagnostics with a Win32 error code ("00002035: ..."): its
+        // unwillingToPerform is a refusal of this operation (a rule of AD's), not a server going away.
+        53 if ad_code(text).is_some() => TargetError::permanent(msg),
         // operationsError, referral (a read-only replica), insufficientAccessRights, invalidCredentials,
         // busy, unavailable, unwillingToPerform (read-only or shutting down), other, and the client-side
         // server-down / timeout / connect errors: the directory, not the change.
         1 | 10 | 49 | 50 | 51 | 52 | 53 | 80 | 81 | 85 | 91 => TargetError::transient(msg),
         _ => TargetError::permanent(msg),
     }
+}
+
+/// The Win32 error code Active Directory puts before its diagnostic text, e.g. 0000052D.
+fn ad_code(text: &str) -> Option<&str> {
+    let code = text.get(..8)?;
+    (code.bytes().all(|b| b.is_ascii_hexdigit()) && text[8..].starts_with(':')).then_some(code)
 }
 
 /// noSuchObject.
@@ -126,16 +135,24 @@ impl LdapTarget {
         let _ = super::TRACE.try_with(|t| t.borrow_mut().push(op));
     }
 
-    /// Adds an entry (the caller handles "already exists").
+    /// Adds an entry (the caller handles "already exists"). `secret` is a binary value such as AD's
+    /// `unicodePwd`, shown masked in the trace.
     pub(super) async fn add_entry(
         &self,
         l: &mut Ldap,
         dn: &str,
         attrs: Vec<(String, std::collections::HashSet<String>)>,
+        secret: Option<(&str, Vec<u8>)>,
     ) -> Result<ldap3::LdapResult, LdapError> {
-        let shown: Vec<String> = attrs.iter().map(|(a, v)| format!("{a}: {}", values(a, v.iter()))).collect();
+        let mut shown: Vec<String> = attrs.iter().map(|(a, v)| format!("{a}: {}", values(a, v.iter()))).collect();
+        let mut raw: Vec<(Vec<u8>, std::collections::HashSet<Vec<u8>>)> =
+            attrs.into_iter().map(|(a, v)| (a.into_bytes(), v.into_iter().map(String::into_bytes).collect())).collect();
+        if let Some((attr, value)) = secret {
+            shown.push(format!("{attr}: (secret)"));
+            raw.push((attr.as_bytes().to_vec(), [value].into()));
+        }
         self.note(format!("add {dn} ({})", shown.join("; ")));
-        l.with_timeout(self.timeout).add(dn, attrs).await.and_then(|r| r.success())
+        l.with_timeout(self.timeout).add(dn, raw).await.and_then(|r| r.success())
     }
 
     pub(super) async fn modify(&self, l: &mut Ldap, dn: &str, mods: Vec<Mod<String>>) -> Result<(), TargetError> {
@@ -183,7 +200,7 @@ impl LdapTarget {
 
 /// Attribute values as a trace shows them: secrets masked.
 fn values<'a>(attr: &str, vals: impl Iterator<Item = &'a String>) -> String {
-    let secret = ["userpassword", "unicodepwd"].contains(&attr.to_ascii_lowercase().as_str());
+    let secret = super::write_only(attr);
     let mut shown: Vec<String> = vals.map(|v| if secret { "(secret)".to_owned() } else { format!("{v:?}") }).collect();
     shown.sort();
     if shown.is_empty() { "(none)".to_owned() } else { shown.join(", ") }
@@ -199,4 +216,32 @@ fn show_mods(mods: &[Mod<String>]) -> String {
         })
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Result codes and texts as a Samba AD domain controller and OpenLDAP send them.
+    #[test]
+    fn directory_errors_are_classified() {
+        let permanent = [
+            (19, "0000052D: Constraint violation - check_password_restrictions: the password is too short."),
+            (68, "00002071: samldb: samAccountName 'jyoung' already in use!"),
+            (19, "0000202F: samldb: userPrincipalName 'j@x' is already in use "),
+            (53, "00002035: Unwilling to perform. Old RDN must be deleted"),
+            (65, "attribute 'foo' not allowed"),
+            (21, "telephoneNumber: value #0 invalid per syntax"),
+        ];
+        for (rc, text) in permanent {
+            assert!(!classify_rc(rc, text).is_transient(), "{rc} {text}");
+        }
+        let transient = [(51, ""), (52, ""), (53, "shutting down"), (50, "acl: unable to get access"), (80, "")];
+        for (rc, text) in transient {
+            assert!(classify_rc(rc, text).is_transient(), "{rc} {text}");
+        }
+        assert_eq!(ad_code("0000052D: x"), Some("0000052D"));
+        assert_eq!(ad_code("0000052D x"), None);
+        assert_eq!(ad_code("short"), None);
+    }
 }

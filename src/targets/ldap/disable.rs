@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use ldap3::{Ldap, Mod};
 
 use super::LdapTarget;
-use super::config::Disable;
+use super::ad::{random_password, unicode_pwd};
+use super::config::{Disable, InitialPassword};
 use crate::targets::TargetError;
 
 /// OpenLDAP ppolicy's "locked until an administrator unlocks" value (draft-behera-ldap-password-policy).
@@ -28,7 +29,7 @@ impl LdapTarget {
                 let vals: HashSet<String> = if active { HashSet::new() } else { [LOCKED_FOREVER.to_owned()].into() };
                 self.modify(l, dn, vec![Mod::Replace("pwdAccountLockedTime".into(), vals)]).await
             }
-            Disable::Ad => {
+            Disable::Ad { .. } => {
                 // Read-modify-write: only ACCOUNTDISABLE changes, every other flag is kept.
                 let entry = self.read(l, dn, &["userAccountControl"]).await?;
                 let current: u32 = entry
@@ -45,21 +46,43 @@ impl LdapTarget {
         }
     }
 
-    /// Adds the disabled representation to the attributes of a new entry, so that a user created inactive
-    /// takes one write, not two.
-    pub(super) fn disabled_on_create(&self, attrs: &mut Vec<(String, HashSet<String>)>) {
+    /// Adds the enabled or disabled representation to the attributes of a new entry, so that a user
+    /// created inactive takes one write, not two. For Active Directory with a random initial password,
+    /// returns the `unicodePwd` value to add with the entry, which is then enabled from the start.
+    pub(super) fn state_on_create(
+        &self,
+        attrs: &mut Vec<(String, HashSet<String>)>,
+        active: bool,
+    ) -> Result<Option<(&'static str, Vec<u8>)>, TargetError> {
         match &self.disable {
-            Disable::Attribute { attribute, value } => attrs.push((attribute.clone(), [value.clone()].into())),
-            Disable::Ppolicy => attrs.push(("pwdAccountLockedTime".into(), [LOCKED_FOREVER.to_owned()].into())),
-            Disable::Ad => {
-                for (a, vals) in attrs.iter_mut() {
-                    if a.eq_ignore_ascii_case("userAccountControl") {
-                        let v: u32 = vals.iter().next().and_then(|v| v.parse().ok()).unwrap_or(AD_NORMAL_ACCOUNT);
-                        *vals = [(v | AD_DISABLED).to_string()].into();
+            Disable::Attribute { attribute, value } if !active => {
+                attrs.push((attribute.clone(), [value.clone()].into()))
+            }
+            Disable::Ppolicy if !active => {
+                attrs.push(("pwdAccountLockedTime".into(), [LOCKED_FOREVER.to_owned()].into()))
+            }
+            Disable::Ad { initial_password } => {
+                let random = *initial_password == InitialPassword::Random;
+                if !random && active {
+                    return Ok(None);
+                }
+                let at = match attrs.iter().position(|(a, _)| a.eq_ignore_ascii_case("userAccountControl")) {
+                    Some(i) => i,
+                    None => {
+                        attrs.push(("userAccountControl".into(), HashSet::new()));
+                        attrs.len() - 1
                     }
+                };
+                let vals = &mut attrs[at].1;
+                let v: u32 = vals.iter().next().and_then(|v| v.parse().ok()).unwrap_or(AD_NORMAL_ACCOUNT);
+                let v = if active { v & !AD_DISABLED } else { v | AD_DISABLED };
+                *vals = [v.to_string()].into();
+                if random {
+                    return Ok(Some(("unicodePwd", unicode_pwd(&random_password()?))));
                 }
             }
-            Disable::Move { .. } => {}
+            _ => {}
         }
+        Ok(None)
     }
 }

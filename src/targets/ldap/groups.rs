@@ -1,5 +1,6 @@
-//! Group entries: groupOfNames and groupOfUniqueNames (member DNs, a placeholder member while empty) or
-//! posixGroup (memberUid, gidNumber allocated). Every membership change is a single modify of one value,
+//! Group entries: groupOfNames and groupOfUniqueNames (member DNs, a placeholder member while empty),
+//! posixGroup (memberUid, gidNumber allocated) or Active Directory's group (member DNs, groupType,
+//! sAMAccountName, empty allowed). Every membership change is a single modify of one value,
 //! never a rewrite of the member list.
 
 use std::collections::HashSet;
@@ -43,8 +44,10 @@ impl LdapTarget {
         let attr = g.class.member_attr().to_owned();
         match self.modify_rc(l, group_dn, vec![Mod::Delete(attr.clone(), [value.to_owned()].into())]).await? {
             0 | 16 => Ok(()), // 16 noSuchAttribute: already gone
+            // Active Directory answers unwillingToPerform for a value that is not there.
+            53 if g.class == GroupClass::Ad && !self.has_member(l, group_dn, &attr, value).await? => Ok(()),
             // 65 objectClassViolation: the last member of a groupOfNames; the placeholder takes its place.
-            65 if g.class != GroupClass::Posix => {
+            65 if g.class.needs_member() => {
                 let mods = vec![
                     Mod::Add(attr.clone(), [g.empty_member.clone()].into()),
                     Mod::Delete(attr, [value.to_owned()].into()),
@@ -62,15 +65,24 @@ impl LdapTarget {
         let attr = g.class.member_attr().to_owned();
         match self.modify_rc(l, group_dn, vec![Mod::Add(attr.clone(), [value.to_owned()].into())]).await? {
             0 | 20 => {} // 20 attributeOrValueExists: already a member
+            // Active Directory answers entryAlreadyExists for a member that is there.
+            68 if g.class == GroupClass::Ad && self.has_member(l, group_dn, &attr, value).await? => {}
             rc => return Err(classify_rc(rc, &format!("adding a member to {group_dn}"))),
         }
-        if g.class != GroupClass::Posix {
+        if g.class.needs_member() {
             match self.modify_rc(l, group_dn, vec![Mod::Delete(attr, [g.empty_member.clone()].into())]).await? {
                 0 | 16 => {}
                 rc => return Err(classify_rc(rc, "removing the empty-group placeholder")),
             }
         }
         Ok(())
+    }
+
+    /// Whether the group holds the value, asked with a filter (a large AD group lists its members only in
+    /// ranges).
+    async fn has_member(&self, l: &mut Ldap, group_dn: &str, attr: &str, value: &str) -> Result<bool, TargetError> {
+        let filter = format!("({attr}={})", ldap_escape(value));
+        Ok(!self.search(l, group_dn, Scope::Base, &filter, &["1.1"]).await?.is_empty())
     }
 
     async fn next_gid(&self, l: &mut Ldap, g: &Groups) -> Result<u32, TargetError> {
@@ -158,20 +170,26 @@ impl LdapTarget {
                     ("objectClass".into(), [g.class.object_class().to_owned()].into()),
                     (g.rdn_attr.clone(), [name.clone()].into()),
                 ];
-                let members: HashSet<String> = added.iter().cloned().collect();
+                let mut members: HashSet<String> = added.iter().cloned().collect();
                 match g.class {
                     GroupClass::Posix => {
                         attrs.push(("gidNumber".into(), [self.next_gid(l, g).await?.to_string()].into()));
-                        if !members.is_empty() {
-                            attrs.push(("memberUid".into(), members));
-                        }
                     }
-                    class => {
-                        let members = if members.is_empty() { [g.empty_member.clone()].into() } else { members };
-                        attrs.push((class.member_attr().to_owned(), members));
+                    GroupClass::Ad => attrs.push(("groupType".into(), [g.group_type.to_string()].into())),
+                    GroupClass::Names | GroupClass::UniqueNames if members.is_empty() => {
+                        members.insert(g.empty_member.clone());
                     }
+                    GroupClass::Names | GroupClass::UniqueNames => {}
                 }
-                match self.add_entry(l, &dn, attrs).await {
+                if !members.is_empty() {
+                    attrs.push((g.class.member_attr().to_owned(), members));
+                }
+                if let Some(sam) = &g.sam {
+                    let value = text(&sam.eval(&e.state, e.resource_id.as_str()));
+                    let name = self.unique_sam(l, Kind::Group, value, &e.resource()).await?;
+                    attrs.push(("sAMAccountName".into(), [name].into()));
+                }
+                match self.add_entry(l, &dn, attrs, None).await {
                     Ok(_) => {}
                     Err(LdapError::LdapResult { result }) if result.rc == ALREADY_EXISTS => {
                         for v in &added {

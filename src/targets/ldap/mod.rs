@@ -4,8 +4,9 @@
 //! filter values per RFC 4515.
 //!
 //! `build` turns the configuration into a target, `conn` connects, binds and classifies errors, `users`,
-//! `disable` and `groups` apply journal entries.
+//! `disable` and `groups` apply journal entries, `ad` holds what Active Directory needs beyond that.
 
+mod ad;
 mod build;
 pub mod config;
 mod conn;
@@ -35,6 +36,8 @@ enum GroupClass {
     Names,
     UniqueNames,
     Posix,
+    /// Active Directory's `group`: member DNs, empty groups allowed, groupType and sAMAccountName.
+    Ad,
 }
 
 impl GroupClass {
@@ -43,14 +46,19 @@ impl GroupClass {
             GroupClass::Names => "groupOfNames",
             GroupClass::UniqueNames => "groupOfUniqueNames",
             GroupClass::Posix => "posixGroup",
+            GroupClass::Ad => "group",
         }
     }
     fn member_attr(self) -> &'static str {
         match self {
-            GroupClass::Names => "member",
+            GroupClass::Names | GroupClass::Ad => "member",
             GroupClass::UniqueNames => "uniqueMember",
             GroupClass::Posix => "memberUid",
         }
+    }
+    /// Whether the schema requires at least one member (a placeholder stands in while a group is empty).
+    fn needs_member(self) -> bool {
+        matches!(self, GroupClass::Names | GroupClass::UniqueNames)
     }
 }
 
@@ -61,6 +69,9 @@ struct Users {
     object_classes: Vec<String>,
     match_filter: String,
     attrs: Vec<(String, Source)>,
+    /// Active Directory's logon name, set at creation.
+    sam: Option<Source>,
+    manager_attr: Option<String>,
 }
 
 struct Groups {
@@ -70,6 +81,8 @@ struct Groups {
     class: GroupClass,
     empty_member: String,
     gid_start: u32,
+    group_type: i32,
+    sam: Option<Source>,
 }
 
 pub struct LdapTarget {
@@ -93,6 +106,12 @@ tokio::task_local! {
     /// The writes of the entry being applied, for the audit trail: one per apply, however many batches
     /// run at once on the shared connection.
     static TRACE: std::cell::RefCell<Vec<String>>;
+}
+
+/// Password attributes: written, never read back or compared (directories hash them on write), and
+/// masked in the audit trail.
+fn write_only(attr: &str) -> bool {
+    attr.eq_ignore_ascii_case("userPassword") || attr.eq_ignore_ascii_case("unicodePwd")
 }
 
 fn set(values: &[String]) -> HashSet<String> {

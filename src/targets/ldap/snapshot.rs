@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use super::config::Disable;
 use super::conn::classify;
 use super::disable::{AD_DISABLED, LOCKED_FOREVER};
-use super::{GroupClass, LdapTarget, text};
+use super::{GroupClass, LdapTarget, text, write_only};
 use crate::matching::match_email;
 use crate::targets::TargetError;
 use crate::targets::reconcile::{ActualGroup, ActualUser, Drift};
@@ -85,7 +85,7 @@ impl LdapTarget {
         match &self.disable {
             Disable::Attribute { attribute, value } => all(e, attribute).iter().any(|v| v.eq_ignore_ascii_case(value)),
             Disable::Ppolicy => first(e, "pwdAccountLockedTime").is_some_and(|v| v == LOCKED_FOREVER),
-            Disable::Ad => {
+            Disable::Ad { .. } => {
                 first(e, "userAccountControl").and_then(|v| v.parse::<u32>().ok()).is_some_and(|v| v & AD_DISABLED != 0)
             }
             Disable::Move { disabled_base_dn } => norm_dn(&e.dn).ends_with(&norm_dn(disabled_base_dn)),
@@ -99,13 +99,14 @@ impl LdapTarget {
         extra: &[&str],
         mut each: impl FnMut(SearchEntry),
     ) -> Result<(), TargetError> {
-        let mut attrs: Vec<String> = self.users.attrs.iter().map(|(a, _)| a.clone()).collect();
+        let mut attrs: Vec<String> =
+            self.users.attrs.iter().map(|(a, _)| a.clone()).filter(|a| !write_only(a)).collect();
         attrs.extend(match_attributes(&self.users.match_filter));
         attrs.extend(extra.iter().map(|a| (*a).to_owned()));
         match &self.disable {
             Disable::Attribute { attribute, .. } => attrs.push(attribute.clone()),
             Disable::Ppolicy => attrs.push("pwdAccountLockedTime".into()),
-            Disable::Ad => attrs.push("userAccountControl".into()),
+            Disable::Ad { .. } => attrs.push("userAccountControl".into()),
             Disable::Move { .. } => {}
         }
         let filter = self.user_filter();
@@ -139,13 +140,13 @@ impl LdapTarget {
         Ok(users)
     }
 
-    /// What differs between an entry and a staged user: the mapped attributes other than the RDN
-    /// (compared case-insensitively), and whether its disabled state disagrees with `active`.
+    /// What differs between an entry and a staged user: the mapped attributes other than the RDN and
+    /// passwords (compared case-insensitively), and whether its disabled state disagrees with `active`.
     pub fn user_drift(&self, state: &Map<String, Value>, id: &str, actual: &ActualUser) -> (Vec<Drift>, bool) {
         let mut drift = Vec::new();
         // The snapshot's values follow the order of the mapping.
         for ((attr, source), have) in self.users.attrs.iter().zip(&actual.values) {
-            if attr.eq_ignore_ascii_case(&self.users.rdn_attr) {
+            if attr.eq_ignore_ascii_case(&self.users.rdn_attr) || write_only(attr) {
                 continue;
             }
             let want = text(&source.eval(state, id));

@@ -87,8 +87,12 @@ impl LdapTarget {
                 }
             };
         }
-        let values: Vec<(String, Option<String>)> =
+        let mut values: Vec<(String, Option<String>)> =
             self.users.attrs.iter().map(|(a, s)| (a.clone(), text(&s.eval(&e.state, id)))).collect();
+        let mut notes: Vec<String> = Vec::new();
+        if let Some(attr) = &self.users.manager_attr {
+            values.push((attr.clone(), manager_dn(e, links, &mut notes)));
+        }
         let (dn, outcome) = match dn {
             Some(dn) => {
                 let dn = self.place(l, &dn, &e.state, id, active, rename).await?;
@@ -102,15 +106,19 @@ impl LdapTarget {
             }
             None => match self.add_user(l, e, &values, active, links, claims).await? {
                 (dn, Outcome::Created) => {
-                    let detail = if active { "" } else { "created disabled (active = false)" };
-                    return Ok(Applied::new(Some(dn), Outcome::Created, detail));
+                    if !active {
+                        notes.insert(0, "created disabled (active = false)".into());
+                    }
+                    return Ok(Applied::new(Some(dn), Outcome::Created, notes.join("; ")));
                 }
                 other => other,
             },
         };
         self.represent(l, &dn, active).await?;
-        let detail = if active { "" } else { "disabled (active = false)" };
-        Ok(Applied::new(Some(dn), outcome, detail))
+        if !active {
+            notes.insert(0, "disabled (active = false)".into());
+        }
+        Ok(Applied::new(Some(dn), outcome, notes.join("; ")))
     }
 
     /// Adds a new entry for the user, already in its enabled or disabled representation. An entry of the
@@ -147,10 +155,12 @@ impl LdapTarget {
         if !has_rdn {
             attrs.push((self.users.rdn_attr.clone(), [rdn_value].into()));
         }
-        if !active {
-            self.disabled_on_create(&mut attrs);
+        if let Some(sam) = &self.users.sam {
+            let name = self.unique_sam(l, Kind::User, text(&sam.eval(&e.state, id)), &e.resource()).await?;
+            attrs.push(("sAMAccountName".into(), [name].into()));
         }
-        match self.add_entry(l, &dn, attrs).await {
+        let secret = self.state_on_create(&mut attrs, active)?;
+        match self.add_entry(l, &dn, attrs, secret).await {
             Ok(_) => Ok((dn, Outcome::Created)),
             // An entry with this name exists. Created by an earlier attempt whose outcome was not recorded,
             // it carries this user's address and no other resource's link: take it over. Anyone else's
@@ -163,6 +173,11 @@ impl LdapTarget {
                         .get("mail")
                         .is_some_and(|m| m.iter().any(|v| email.as_deref().is_some_and(|e| v.eq_ignore_ascii_case(e))))
                 });
+                let Some(_) = existing else {
+                    // No entry of that name: a value the directory keeps unique (AD's sAMAccountName or
+                    // userPrincipalName) is another entry's.
+                    return Err(classify_rc(result.rc, &result.text));
+                };
                 if !same {
                     return Err(TargetError::permanent(format!(
                         "an entry named {dn} already exists and is not this user's (its mail differs); choose another RDN template or resolve it in the directory"
@@ -226,5 +241,18 @@ impl LdapTarget {
             }
         }
         Ok(new_dn)
+    }
+}
+
+/// The DN of the user's manager when the manager is provisioned here (linked); otherwise none, with a note
+/// for the audit detail when the user names a manager this directory does not have.
+fn manager_dn(e: &Entry, links: &Links, notes: &mut Vec<String>) -> Option<String> {
+    let manager = e.manager()?;
+    match links.get(&manager) {
+        Some(link) if link.kind == Kind::User => Some(link.key.clone()),
+        _ => {
+            notes.push(format!("manager {} is not provisioned here; manager left empty", manager.id.as_str()));
+            None
+        }
     }
 }
