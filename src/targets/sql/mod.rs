@@ -248,14 +248,29 @@ impl SqlTarget {
         fold: bool,
     ) -> Result<Vec<String>, TargetError> {
         let mut p = Params::new(self.dialect, catalog.get(table));
-        let fold = fold && !(self.dialect == Dialect::Mysql && catalog.folds(table, column));
-        let (col, ph) = if fold {
-            (format!("LOWER({})", self.q(column)), format!("LOWER({})", p.push(None, SqlValue::Text(value.to_owned()))))
-        } else {
-            (self.q(column), p.push(Some(column), SqlValue::Text(value.to_owned())))
-        };
-        let sql = format!("SELECT {} FROM {} WHERE {col} = {ph}", self.dialect.as_text(&self.q(key)), self.q(table));
+        let cond = self.equals(&mut p, catalog, table, column, value, fold);
+        let sql = format!("SELECT {} FROM {} WHERE {cond}", self.dialect.as_text(&self.q(key)), self.q(table));
         Ok(tx.query(&sql, &p.values).await?.into_iter().filter_map(|r| r.into_iter().next().flatten()).collect())
+    }
+
+    /// `column = value` with the value bound, compared case-insensitively when `fold` (through LOWER on
+    /// both sides, unless MySQL's collation of the column already folds case, where LOWER would defeat
+    /// its index).
+    fn equals(
+        &self,
+        p: &mut Params<'_>,
+        catalog: &Types,
+        table: &str,
+        column: &str,
+        value: &str,
+        fold: bool,
+    ) -> String {
+        let fold = fold && !(self.dialect == Dialect::Mysql && catalog.folds(table, column));
+        if fold {
+            format!("LOWER({}) = LOWER({})", self.q(column), p.push(None, SqlValue::Text(value.to_owned())))
+        } else {
+            format!("{} = {}", self.q(column), p.push(Some(column), SqlValue::Text(value.to_owned())))
+        }
     }
 
     /// Deletes the rows of `table` whose `column` equals `value`.
