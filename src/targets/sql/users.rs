@@ -72,71 +72,22 @@ impl SqlTarget {
         }
         let u = &self.users;
         let id = w.entry.resource_id.as_str();
-        let keys = match (&u.link_column, &u.match_column, email) {
-            // Both lookups in one round trip: a row carrying this user's SCIM id wins; otherwise the rows
-            // with the match email are the candidates.
-            (Some(lc), Some(mc), Some(email)) => {
-                let mut p = Params::new(self.dialect, types.get(&u.table));
-                let by_link = self.equals(&mut p, types, &u.table, lc, id, false);
-                let by_email = self.equals(&mut p, types, &u.table, mc, email, true);
-                // UNION ALL, not OR: each half is the plain equality its index serves, whatever the
-                // planner thinks of the table's size (an OR is planned as a scan of a table that was
-                // empty when the statement was prepared).
-                let cols = format!("{}, {}", self.dialect.as_text(&self.q(&u.key)), self.dialect.as_text(&self.q(lc)));
-                let t = self.q(&u.table);
-                let sql =
-                    format!("SELECT {cols} FROM {t} WHERE {by_link} UNION ALL SELECT {cols} FROM {t} WHERE {by_email}");
-                let rows = tx.query(&sql, &p.values).await?;
-                let rows = rows.into_iter().filter_map(|r| {
-                    let mut r = r.into_iter();
-                    Some((r.next().flatten()?, r.next().flatten()))
-                });
-                let (linked, others): (Vec<_>, Vec<_>) = rows.partition(|(_, l)| l.as_deref() == Some(id));
-                if let Some((k, _)) = linked.into_iter().next() {
+        let (keys, email, match_column) = match (&u.link_column, &u.match_column, email) {
+            (Some(lc), Some(mc), Some(email)) => match self.by_link_or_email(tx, types, lc, mc, id, email).await? {
+                (Some(k), _) => return Ok((Some(k), true)),
+                (None, keys) => (keys, email, mc),
+            },
+            (lc, mc, email) => {
+                if let Some(lc) = lc
+                    && let Some(k) =
+                        self.keys_where(tx, types, &u.table, &u.key, lc, id, false).await?.into_iter().next()
+                {
                     return Ok((Some(k), true));
                 }
-                others.into_iter().map(|(k, _)| k).collect()
+                let (Some(email), Some(mc)) = (email, mc) else { return Ok((None, false)) };
+                (self.keys_where(tx, types, &u.table, &u.key, mc, email, true).await?, email, mc)
             }
-            _ => return self.find_user_apart(tx, types, w, email, links).await,
         };
-        self.choose_by_email(keys, email.unwrap_or_default(), w, links)
-    }
-
-    /// `find_user` without both a link column and a match email: one lookup after the other.
-    async fn find_user_apart(
-        &self,
-        tx: &mut Tx,
-        types: &Types,
-        w: &Work<'_>,
-        email: Option<&str>,
-        links: &Links,
-    ) -> Result<(Option<String>, bool), TargetError> {
-        let u = &self.users;
-        if let Some(lc) = &u.link_column
-            && let Some(k) = self
-                .keys_where(tx, types, &u.table, &u.key, lc, w.entry.resource_id.as_str(), false)
-                .await?
-                .into_iter()
-                .next()
-        {
-            return Ok((Some(k), true));
-        }
-        let (Some(email), Some(match_column)) = (email, &u.match_column) else { return Ok((None, false)) };
-        let keys = self.keys_where(tx, types, &u.table, &u.key, match_column, email, true).await?;
-        self.choose_by_email(keys, email, w, links)
-    }
-
-    /// The row among those with the user's match email: none, one nobody else is linked to, or an error
-    /// naming them.
-    fn choose_by_email(
-        &self,
-        keys: Vec<String>,
-        email: &str,
-        w: &Work<'_>,
-        links: &Links,
-    ) -> Result<(Option<String>, bool), TargetError> {
-        let u = &self.users;
-        let match_column = u.match_column.as_deref().unwrap_or_default();
         let ambiguous = |keys: &[String]| {
             format!(
                 "{} rows of {} have {} = {email:?} (keys {}); not guessing which one is this user — merge or fix them, then retry",
@@ -148,6 +99,40 @@ impl SqlTarget {
         };
         let key = link::choose(keys, ambiguous, links, w.claims, Kind::User, &w.entry.resource())?;
         Ok((key, false))
+    }
+
+    /// Both lookups in one round trip: the key of the row carrying this SCIM id in the link column (which
+    /// wins), else the keys of the rows with the match email. UNION ALL, not OR: each half is the plain
+    /// equality its index serves, whatever the planner thinks of the table's size (PostgreSQL plans an OR
+    /// in a statement prepared while the table was empty as a scan, and keeps that plan).
+    async fn by_link_or_email(
+        &self,
+        tx: &mut Tx,
+        types: &Types,
+        link_column: &str,
+        match_column: &str,
+        id: &str,
+        email: &str,
+    ) -> Result<(Option<String>, Vec<String>), TargetError> {
+        let u = &self.users;
+        let mut p = Params::new(self.dialect, types.get(&u.table));
+        let by_link = self.equals(&mut p, types, &u.table, link_column, id, false);
+        let by_email = self.equals(&mut p, types, &u.table, match_column, email, true);
+        let cols = format!("{}, {}", self.dialect.as_text(&self.q(&u.key)), self.dialect.as_text(&self.q(link_column)));
+        let t = self.q(&u.table);
+        let sql = format!("SELECT {cols} FROM {t} WHERE {by_link} UNION ALL SELECT {cols} FROM {t} WHERE {by_email}");
+        let mut linked = None;
+        let mut matching = Vec::new();
+        for row in tx.query(&sql, &p.values).await? {
+            let mut row = row.into_iter();
+            let (Some(key), link) = (row.next().flatten(), row.next().flatten()) else { continue };
+            if link.as_deref() == Some(id) {
+                linked = Some(key);
+            } else {
+                matching.push(key);
+            }
+        }
+        Ok((linked, matching))
     }
 
     pub(super) async fn apply_user(
