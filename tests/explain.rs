@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::bin::{self, Daemon, post, until};
+use common::bin::{self, post, until};
 use common::db::{Backend, TestDb};
 use serde_json::{Value, json};
 
@@ -56,20 +56,6 @@ member_user_column = "employee_id"
     )
 }
 
-async fn patch(d: &Daemon, token: &str, path: &str, attr: &str, value: Value) {
-    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-        "Operations": [{"op": "Replace", "path": attr, "value": value}]});
-    let r = reqwest::Client::new()
-        .patch(format!("{}{path}", d.base))
-        .bearer_auth(token)
-        .header("content-type", "application/scim+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-}
-
 async fn explain(dir: &Path, cfg: &str, query: &str) -> String {
     let o = bin::run(dir, &["explain", query, "--config", cfg]).await;
     let said = bin::text(&o);
@@ -112,8 +98,8 @@ async fn explain_history_and_the_status_page() {
     let bob = create("bob@example.com", "Clerk").await;
     let carol = create("carol@example.com", "Forbidden").await;
     let hostile = create("<script>alert(1)</script>@example.com", "Spy").await;
-    patch(&d, &token, &format!("/Users/{ann}"), "active", json!("False")).await;
-    patch(&d, &token, &format!("/Users/{bob}"), "userName", json!("robert@example.com")).await;
+    bin::replace(&d, &token, &format!("/Users/{ann}"), "active", json!("False")).await;
+    bin::replace(&d, &token, &format!("/Users/{bob}"), "userName", json!("robert@example.com")).await;
     let group = post(&d, &token, "/Groups", &json!({"displayName": "Sales", "members": [{"value": ann}]})).await;
     assert_eq!(group.status(), 201);
     until("carol is a dead letter", async || {

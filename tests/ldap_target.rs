@@ -15,23 +15,8 @@ use serde_json::{Value, json};
 
 const USER_PW: &str = "Correct-Horse-1";
 
-async fn admin(slapd: &Slapd) -> ldap3::Ldap {
-    let (conn, mut l) = LdapConnAsync::new(&slapd.url()).await.expect("connect");
-    ldap3::drive!(conn);
-    l.simple_bind(ADMIN_DN, ADMIN_PW).await.unwrap().success().unwrap();
-    l
-}
-
-async fn entry(slapd: &Slapd, dn: &str) -> Option<SearchEntry> {
-    let mut l = admin(slapd).await;
-    match l.search(dn, Scope::Base, "(objectClass=*)", vec!["*", "+"]).await.unwrap().success() {
-        Ok((rs, _)) => rs.into_iter().next().map(SearchEntry::construct),
-        Err(_) => None,
-    }
-}
-
 async fn find(slapd: &Slapd, base: &str, filter: &str) -> Vec<SearchEntry> {
-    let mut l = admin(slapd).await;
+    let mut l = slapd.admin().await;
     let (rs, _) = l.search(base, Scope::Subtree, filter, vec!["*", "+"]).await.unwrap().success().unwrap();
     rs.into_iter().map(SearchEntry::construct).collect()
 }
@@ -114,7 +99,7 @@ fn people(uid: &str) -> String {
 async fn users_groups_and_ppolicy_lock() {
     let slapd = Slapd::start();
     {
-        let mut l = admin(&slapd).await;
+        let mut l = slapd.admin().await;
         for (uid, mail) in
             [("legacy", "Ann.Legacy@Example.com"), ("dup1", "dup@example.com"), ("dup2", "dup@example.com")]
         {
@@ -134,12 +119,12 @@ async fn users_groups_and_ppolicy_lock() {
     let ann = post(&s, "/Users", &user("ann.legacy@example.com", "Ann", "Lee")).await;
     let bob = post(&s, "/Users", &user("bob@example.com", "Bob", "Stone")).await;
     s.wait_replayed().await;
-    let legacy = entry(&slapd, &people("legacy")).await.expect("legacy entry");
+    let legacy = slapd.entry(&people("legacy")).await.expect("legacy entry");
     assert_eq!(attr(&legacy, "givenName"), ["Ann"]);
     assert_eq!(attr(&legacy, "cn"), ["Ann Lee"]);
-    assert!(entry(&slapd, &people("ann.legacy@example.com")).await.is_none(), "no duplicate entry");
+    assert!(slapd.entry(&people("ann.legacy@example.com")).await.is_none(), "no duplicate entry");
     let bob_dn = people("bob@example.com");
-    let e = entry(&slapd, &bob_dn).await.expect("bob created");
+    let e = slapd.entry(&bob_dn).await.expect("bob created");
     assert_eq!(
         (attr(&e, "cn"), attr(&e, "sn"), attr(&e, "mail")),
         (vec!["Bob Stone".to_owned()], vec!["Stone".to_owned()], vec!["bob@example.com".to_owned()])
@@ -149,20 +134,20 @@ async fn users_groups_and_ppolicy_lock() {
     // Disable with Entra's "False": the ppolicy lock makes his bind fail; enabling lets it succeed again.
     replace(&s, &format!("/Users/{bob}"), "active", json!("False")).await;
     s.wait_replayed().await;
-    assert_eq!(attr(&entry(&slapd, &bob_dn).await.unwrap(), "pwdAccountLockedTime"), ["000001010000Z"]);
+    assert_eq!(attr(&slapd.entry(&bob_dn).await.unwrap(), "pwdAccountLockedTime"), ["000001010000Z"]);
     assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 49, "a locked account cannot bind");
     replace(&s, &format!("/Users/{bob}"), "active", json!("True")).await;
     s.wait_replayed().await;
-    assert!(attr(&entry(&slapd, &bob_dn).await.unwrap(), "pwdAccountLockedTime").is_empty());
+    assert!(attr(&slapd.entry(&bob_dn).await.unwrap(), "pwdAccountLockedTime").is_empty());
     assert_eq!(bind_rc(&slapd, &bob_dn, USER_PW).await, 0);
 
     // Attribute update; a new userName renames the entry (modrdn).
     replace(&s, &format!("/Users/{bob}"), "title", json!("Buyer")).await;
     replace(&s, &format!("/Users/{bob}"), "userName", json!("robert@example.com")).await;
     s.wait_replayed().await;
-    assert!(entry(&slapd, &bob_dn).await.is_none(), "old DN gone");
+    assert!(slapd.entry(&bob_dn).await.is_none(), "old DN gone");
     let bob_dn = people("robert@example.com");
-    let e = entry(&slapd, &bob_dn).await.expect("renamed entry");
+    let e = slapd.entry(&bob_dn).await.expect("renamed entry");
     assert_eq!(
         (attr(&e, "title"), attr(&e, "mail")),
         (vec!["Buyer".to_owned()], vec!["robert@example.com".to_owned()])
@@ -175,7 +160,7 @@ async fn users_groups_and_ppolicy_lock() {
     let gdn = format!("cn=Sales,ou=groups,{SUFFIX}");
     let mut both = vec![people("legacy"), bob_dn.clone()];
     both.sort();
-    assert_eq!(attr(&entry(&slapd, &gdn).await.expect("group"), "member"), both);
+    assert_eq!(attr(&slapd.entry(&gdn).await.expect("group"), "member"), both);
     for (op, who) in [("remove", &ann), ("remove", &bob)] {
         send(
             &s,
@@ -186,7 +171,7 @@ async fn users_groups_and_ppolicy_lock() {
         .await;
     }
     s.wait_replayed().await;
-    assert_eq!(attr(&entry(&slapd, &gdn).await.unwrap(), "member"), ["cn=empty-membership-placeholder"]);
+    assert_eq!(attr(&slapd.entry(&gdn).await.unwrap(), "member"), ["cn=empty-membership-placeholder"]);
     send(
         &s,
         Method::PATCH,
@@ -195,13 +180,13 @@ async fn users_groups_and_ppolicy_lock() {
     )
     .await;
     s.wait_replayed().await;
-    assert_eq!(attr(&entry(&slapd, &gdn).await.unwrap(), "member"), [people("legacy")]);
+    assert_eq!(attr(&slapd.entry(&gdn).await.unwrap(), "member"), [people("legacy")]);
 
     // LDAP-special characters in the RDN and in the match filter.
     let odd = r#"o'hara,+"\<>;=#*()@example.com"#;
     post(&s, "/Users", &user(odd, "Odd", "Chars")).await;
     s.wait_replayed().await;
-    let e = entry(&slapd, &people(odd)).await.expect("entry with escaped RDN");
+    let e = slapd.entry(&people(odd)).await.expect("entry with escaped RDN");
     assert_eq!(attr(&e, "uid"), [odd]);
     let found = find(&slapd, &format!("ou=people,{SUFFIX}"), &format!("(mail={})", ldap3::ldap_escape(odd))).await;
     assert_eq!(found.len(), 1);
@@ -218,7 +203,7 @@ async fn users_groups_and_ppolicy_lock() {
     // DELETE with the block policy: the entry stays, locked; the audit names the DN.
     send(&s, Method::DELETE, &format!("/Users/{bob}"), None).await;
     s.wait_replayed().await;
-    assert_eq!(attr(&entry(&slapd, &bob_dn).await.expect("kept"), "pwdAccountLockedTime"), ["000001010000Z"]);
+    assert_eq!(attr(&slapd.entry(&bob_dn).await.expect("kept"), "pwdAccountLockedTime"), ["000001010000Z"]);
     let audit =
         s.staging_rows(&format!("SELECT outcome, downstream_key FROM audit WHERE resource_id = '{bob}' ORDER BY id"));
     assert_eq!(audit.last().unwrap(), &vec!["blocked".to_owned(), bob_dn.clone()]);
@@ -246,7 +231,7 @@ async fn attribute_move_and_ad_representations() {
     )
     .await;
     s.wait_replayed().await;
-    assert_eq!(attr(&entry(&slapd, &people("attr@example.com")).await.unwrap(), "employeeType"), ["blocked"]);
+    assert_eq!(attr(&slapd.entry(&people("attr@example.com")).await.unwrap(), "employeeType"), ["blocked"]);
     send(
         &s,
         Method::PATCH,
@@ -255,7 +240,7 @@ async fn attribute_move_and_ad_representations() {
     )
     .await;
     s.wait_replayed().await;
-    assert!(attr(&entry(&slapd, &people("attr@example.com")).await.unwrap(), "employeeType").is_empty());
+    assert!(attr(&slapd.entry(&people("attr@example.com")).await.unwrap(), "employeeType").is_empty());
     s.stop().await;
 
     // A move to a disabled OU and back.
@@ -272,20 +257,20 @@ async fn attribute_move_and_ad_representations() {
     let movers = format!("cn=Movers,ou=groups,{SUFFIX}");
     replace(&s, &format!("/Users/{m}"), "active", json!("False")).await;
     s.wait_replayed().await;
-    assert!(entry(&slapd, &people("mover@example.com")).await.is_none());
+    assert!(slapd.entry(&people("mover@example.com")).await.is_none());
     assert!(
-        entry(&slapd, &format!("uid=mover@example.com,ou=disabled,{SUFFIX}")).await.is_some(),
+        slapd.entry(&format!("uid=mover@example.com,ou=disabled,{SUFFIX}")).await.is_some(),
         "moved to the disabled OU"
     );
     assert_eq!(
-        attr(&entry(&slapd, &movers).await.unwrap(), "member"),
+        attr(&slapd.entry(&movers).await.unwrap(), "member"),
         [format!("uid=mover@example.com,ou=disabled,{SUFFIX}")]
     );
     replace(&s, &format!("/Users/{m}"), "active", json!("True")).await;
     s.wait_replayed().await;
-    assert!(entry(&slapd, &people("mover@example.com")).await.is_some(), "moved back");
+    assert!(slapd.entry(&people("mover@example.com")).await.is_some(), "moved back");
     assert_eq!(
-        attr(&entry(&slapd, &movers).await.unwrap(), "member"),
+        attr(&slapd.entry(&movers).await.unwrap(), "member"),
         [people("mover@example.com")],
         "membership followed"
     );
@@ -305,14 +290,14 @@ async fn attribute_move_and_ad_representations() {
     let d = post(&s, "/Users", &user("ad@example.com", "Active", "Directory")).await;
     s.wait_replayed().await;
     let dn = people("ad@example.com");
-    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "userAccountControl"), ["66048"]);
+    assert_eq!(attr(&slapd.entry(&dn).await.unwrap(), "userAccountControl"), ["66048"]);
     replace(&s, &format!("/Users/{d}"), "active", json!("False")).await;
     s.wait_replayed().await;
     // The mapped constant is written first, then the bit is set on what is there.
-    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "userAccountControl"), ["66050"]);
+    assert_eq!(attr(&slapd.entry(&dn).await.unwrap(), "userAccountControl"), ["66050"]);
     send(&s, Method::DELETE, &format!("/Users/{d}"), None).await;
     s.wait_replayed().await;
-    assert!(entry(&slapd, &dn).await.is_none(), "deleted by policy");
+    assert!(slapd.entry(&dn).await.is_none(), "deleted by policy");
     s.stop().await;
 }
 
@@ -337,7 +322,7 @@ async fn outage_loses_nothing() {
     slapd.run();
     s.wait_replayed().await;
     assert_eq!(find(&slapd, &format!("ou=people,{SUFFIX}"), "(givenName=During)").await.len(), 5);
-    assert_eq!(attr(&entry(&slapd, &people("first@example.com")).await.unwrap(), "title"), ["t3"]);
+    assert_eq!(attr(&slapd.entry(&people("first@example.com")).await.unwrap(), "title"), ["t3"]);
     s.stop().await;
 }
 
@@ -358,10 +343,7 @@ async fn tls_connections() {
         let s = TestServer::start_daemon(&cfg).await;
         post(&s, "/Users", &user(&format!("{name}@example.com"), "Tls", name)).await;
         s.wait_replayed().await;
-        assert!(
-            entry(&slapd, &people(&format!("{name}@example.com"))).await.is_some(),
-            "{name}: entry written over TLS"
-        );
+        assert!(slapd.entry(&people(&format!("{name}@example.com"))).await.is_some(), "{name}: entry written over TLS");
         s.stop().await;
     }
     // Without the CA the server's certificate is not trusted: the target reports it and is not used.
@@ -389,9 +371,9 @@ async fn posix_and_unique_groups() {
     let g1 = post(&s, "/Groups", &json!({"displayName": "devs", "members": [{"value": a}, {"value": b}]})).await;
     post(&s, "/Groups", &json!({"displayName": "ops"})).await;
     s.wait_replayed().await;
-    let devs = entry(&slapd, &format!("cn=devs,ou=groups,{SUFFIX}")).await.expect("posix group");
+    let devs = slapd.entry(&format!("cn=devs,ou=groups,{SUFFIX}")).await.expect("posix group");
     assert_eq!(attr(&devs, "memberUid"), ["pa@example.com", "pb@example.com"]);
-    let ops = entry(&slapd, &format!("cn=ops,ou=groups,{SUFFIX}")).await.expect("empty posix group");
+    let ops = slapd.entry(&format!("cn=ops,ou=groups,{SUFFIX}")).await.expect("empty posix group");
     let mut gids = vec![attr(&devs, "gidNumber")[0].clone(), attr(&ops, "gidNumber")[0].clone()];
     gids.sort();
     assert_eq!(gids, ["5000", "5001"], "distinct gidNumbers from gid_start");
@@ -405,7 +387,7 @@ async fn posix_and_unique_groups() {
     .await;
     s.wait_replayed().await;
     assert_eq!(
-        attr(&entry(&slapd, &format!("cn=devs,ou=groups,{SUFFIX}")).await.unwrap(), "memberUid"),
+        attr(&slapd.entry(&format!("cn=devs,ou=groups,{SUFFIX}")).await.unwrap(), "memberUid"),
         ["pb@example.com"]
     );
     s.stop().await;
@@ -416,7 +398,7 @@ async fn posix_and_unique_groups() {
     let g = post(&s, "/Groups", &json!({"displayName": "uniq", "members": [{"value": c}]})).await;
     s.wait_replayed().await;
     let dn = format!("cn=uniq,ou=groups,{SUFFIX}");
-    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "uniqueMember"), [people("uc@example.com")]);
+    assert_eq!(attr(&slapd.entry(&dn).await.unwrap(), "uniqueMember"), [people("uc@example.com")]);
     send(
         &s,
         Method::PATCH,
@@ -425,6 +407,6 @@ async fn posix_and_unique_groups() {
     )
     .await;
     s.wait_replayed().await;
-    assert_eq!(attr(&entry(&slapd, &dn).await.unwrap(), "uniqueMember"), ["cn=empty-membership-placeholder"]);
+    assert_eq!(attr(&slapd.entry(&dn).await.unwrap(), "uniqueMember"), ["cn=empty-membership-placeholder"]);
     s.stop().await;
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::path::Path;
 
-use common::bin::{self, Daemon, post, until};
+use common::bin::{self, post, until};
 use common::db::{Backend, TestDb};
 use serde_json::{Value, json};
 
@@ -50,20 +50,6 @@ member_user_column = "employee_id"
 
 fn user(name: &str, given: &str, title: &str) -> Value {
     json!({"userName": name, "active": true, "title": title, "name": {"givenName": given, "familyName": "X"}})
-}
-
-async fn patch(d: &Daemon, token: &str, path: &str, attr: &str, value: Value) {
-    let body = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
-        "Operations": [{"op": "replace", "path": attr, "value": value}]});
-    let r = reqwest::Client::new()
-        .patch(format!("{}{path}", d.base))
-        .bearer_auth(token)
-        .header("content-type", "application/scim+json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 }
 
 async fn reconcile(dir: &Path, cfg: &str, args: &[&str]) -> (bool, Value) {
@@ -141,7 +127,7 @@ async fn drift_and_repair(backend: Backend) {
         assert_eq!(r.status(), 201);
         ids.insert(name, r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
-    patch(&d, &token, &format!("/Users/{}", ids["carol"]), "active", json!(false)).await;
+    bin::replace(&d, &token, &format!("/Users/{}", ids["carol"]), "active", json!(false)).await;
     let members: Vec<Value> = ["ann", "bob"].iter().map(|n| json!({"value": ids[n]})).collect();
     assert_eq!(post(&d, &token, "/Groups", &json!({"displayName": "Sales", "members": members})).await.status(), 201);
     // fay leaves the IdP: deleted in SCIM, blocked downstream by the default policy.
@@ -340,7 +326,7 @@ async fn the_safety_limit_stops_a_mass_block_and_force_passes_it() {
         let r = post(&d, &token, "/Users", &user(&format!("u{n}@example.com"), "U", "T")).await;
         let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
         if n < 8 {
-            patch(&d, &token, &format!("/Users/{id}"), "active", json!(false)).await;
+            bin::replace(&d, &token, &format!("/Users/{id}"), "active", json!(false)).await;
         }
     }
     until("blocked downstream", async || db.rows("SELECT 1 FROM employees WHERE blocked = 'Y'").await.len() == 8).await;

@@ -10,30 +10,15 @@ use std::collections::HashSet;
 
 use common::bin::{self, post, until};
 use common::slapd::{ADMIN_DN, ADMIN_PW, SUFFIX, Slapd};
-use ldap3::{LdapConnAsync, Mod, Scope, SearchEntry};
+use ldap3::Mod;
 use serde_json::{Value, json};
-
-async fn admin(slapd: &Slapd) -> ldap3::Ldap {
-    let (conn, mut l) = LdapConnAsync::new(&slapd.url()).await.expect("connect");
-    ldap3::drive!(conn);
-    l.simple_bind(ADMIN_DN, ADMIN_PW).await.unwrap().success().unwrap();
-    l
-}
-
-async fn read(slapd: &Slapd, dn: &str) -> Option<SearchEntry> {
-    let mut l = admin(slapd).await;
-    match l.search(dn, Scope::Base, "(objectClass=*)", vec!["*", "+"]).await.unwrap().success() {
-        Ok((rs, _)) => rs.into_iter().next().map(SearchEntry::construct),
-        Err(_) => None,
-    }
-}
 
 fn people(uid: &str) -> String {
     format!("uid={uid},ou=people,{SUFFIX}")
 }
 
 async fn modify(slapd: &Slapd, dn: &str, mods: Vec<Mod<&str>>) {
-    admin(slapd).await.modify(dn, mods).await.unwrap().success().unwrap();
+    slapd.admin().await.modify(dn, mods).await.unwrap().success().unwrap();
 }
 
 async fn plan(dir: &std::path::Path, cfg: &str, args: &[&str]) -> Value {
@@ -130,13 +115,13 @@ object_class = "groupOfNames"
     assert_eq!(post(&d, &token, "/Groups", &json!({"displayName": "Sales", "members": members})).await.status(), 201);
     let sales = format!("cn=Sales,ou=groups,{SUFFIX}");
     until("replayed", async || {
-        read(&slapd, &sales).await.is_some_and(|g| g.attrs.get("member").is_some_and(|m| m.len() == 2))
+        slapd.entry(&sales).await.is_some_and(|g| g.attrs.get("member").is_some_and(|m| m.len() == 2))
     })
     .await;
     assert_eq!(actions(&plan(dir.path(), &cfg, &["--dry-run"]).await), Vec::<String>::new());
 
     {
-        let mut l = admin(&slapd).await;
+        let mut l = slapd.admin().await;
         l.delete(&people("dan")).await.unwrap().success().unwrap();
         let attrs: Vec<(&str, HashSet<&str>)> = vec![
             ("objectClass", ["inetOrgPerson"].into()),
@@ -158,18 +143,18 @@ object_class = "groupOfNames"
         "{doc}"
     );
     assert_eq!(doc["plan"]["foreign"][0]["key"], people("local-admin"), "{doc}");
-    assert!(read(&slapd, &people("dan")).await.is_none(), "a dry run changes nothing");
+    assert!(slapd.entry(&people("dan")).await.is_none(), "a dry run changes nothing");
 
     let doc = plan(dir.path(), &cfg, &[]).await;
     assert_eq!(doc["status"], "done", "{doc}");
-    let bob = read(&slapd, &people("bob")).await.unwrap();
+    let bob = slapd.entry(&people("bob")).await.unwrap();
     assert_eq!(bob.attrs["title"], ["Staff"]);
-    assert!(read(&slapd, &people("carol")).await.unwrap().attrs.contains_key("pwdAccountLockedTime"));
-    assert!(!read(&slapd, &people("eve")).await.unwrap().attrs.contains_key("pwdAccountLockedTime"));
-    assert_eq!(read(&slapd, &people("dan")).await.unwrap().attrs["mail"], ["dan@example.com"]);
-    let members: HashSet<String> = read(&slapd, &sales).await.unwrap().attrs["member"].iter().cloned().collect();
+    assert!(slapd.entry(&people("carol")).await.unwrap().attrs.contains_key("pwdAccountLockedTime"));
+    assert!(!slapd.entry(&people("eve")).await.unwrap().attrs.contains_key("pwdAccountLockedTime"));
+    assert_eq!(slapd.entry(&people("dan")).await.unwrap().attrs["mail"], ["dan@example.com"]);
+    let members: HashSet<String> = slapd.entry(&sales).await.unwrap().attrs["member"].iter().cloned().collect();
     assert_eq!(members, [people("ann"), people("bob")].into_iter().collect());
-    assert!(read(&slapd, &people("local-admin")).await.is_some(), "never touched");
+    assert!(slapd.entry(&people("local-admin")).await.is_some(), "never touched");
 
     assert_eq!(
         actions(&plan(dir.path(), &cfg, &["--dry-run"]).await),

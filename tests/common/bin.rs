@@ -169,3 +169,18 @@ pub async fn until(what: &str, mut f: impl AsyncFnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// PATCHes one attribute as Entra does (`"op": "Replace"` with a path), expecting 200.
+pub async fn replace(d: &Daemon, token: &str, path: &str, attr: &str, value: Value) {
+    let body = serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+        "Operations": [{"op": "Replace", "path": attr, "value": value}]});
+    let r = reqwest::Client::new()
+        .patch(format!("{}{path}", d.base))
+        .bearer_auth(token)
+        .header("content-type", "application/scim+json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}

@@ -224,3 +224,22 @@ impl Drop for Slapd {
         self.stop();
     }
 }
+
+impl Slapd {
+    /// A connection bound as the directory's administrator.
+    pub async fn admin(&self) -> ldap3::Ldap {
+        let (conn, mut l) = ldap3::LdapConnAsync::new(&self.url()).await.expect("connect");
+        ldap3::drive!(conn);
+        l.simple_bind(ADMIN_DN, ADMIN_PW).await.expect("bind").success().expect("admin bind");
+        l
+    }
+
+    /// The entry at `dn` with its user and operational attributes, or None.
+    pub async fn entry(&self, dn: &str) -> Option<ldap3::SearchEntry> {
+        let mut l = self.admin().await;
+        match l.search(dn, ldap3::Scope::Base, "(objectClass=*)", vec!["*", "+"]).await.expect("search").success() {
+            Ok((rs, _)) => rs.into_iter().next().map(ldap3::SearchEntry::construct),
+            Err(_) => None,
+        }
+    }
+}
