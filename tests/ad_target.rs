@@ -264,6 +264,19 @@ async fn entra_cycle_against_samba_ad() {
     s.wait_replayed().await;
     assert_eq!(uac(&dc.entry(&mona_dn).await.expect("kept")) & 0x2, 0x2);
 
+    // Reconciliation reads the directory back with AD's paged search: a title edited by hand is the only
+    // drift planned (sAMAccountName, the password and the manager are not compared), and applying the
+    // plan repairs it.
+    let mods = vec![Mod::Replace("title", HashSet::from(["Edited By Hand"]))];
+    dc.admin().await.modify(&jane_dn, mods).await.unwrap().success().unwrap();
+    let cfg = config(&dc.0, &format!("url = {:?}", dc.0.get("ldaps_url")), "block");
+    let doc = s.reconcile(&cfg, &["--dry-run"]).await;
+    let actions = doc["plan"]["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{doc}");
+    assert_eq!((&actions[0]["action"], &actions[0]["changes"][0]["field"]), (&json!("update"), &json!("title")));
+    s.reconcile(&cfg, &[]).await;
+    assert_eq!(attr(&dc.entry(&jane_dn).await.unwrap(), "title"), ["Engineer"]);
+
     // StartTLS on ldap:// with the delete policy: a user created and deleted, the group entry deleted.
     let starttls = format!("url = {:?}\nstarttls = true", dc.0.get("ldap_url"));
     let s = s.restart_daemon(&config(&dc.0, &starttls, "delete")).await;

@@ -102,19 +102,6 @@ async fn post(s: &TestServer, path: &str, body: &Value) -> String {
     post_as(s, &s.token, path, body).await
 }
 
-/// `scim-bridge reconcile --json` (with `args`) on the daemon's staging database.
-async fn reconcile(s: &TestServer, extra: &str, args: &[&str]) -> Value {
-    let dir = s.staging_path.parent().unwrap();
-    let cfg = dir.join("reconcile.toml");
-    std::fs::write(&cfg, format!("[staging]\npath = {:?}\n{extra}", s.staging_path.display().to_string())).unwrap();
-    let cfg = cfg.display().to_string();
-    let mut all = vec!["reconcile", "--json", "--config", cfg.as_str()];
-    all.extend(args);
-    let o = common::bin::run(dir, &all).await;
-    assert!(o.status.success(), "{}", common::bin::text(&o));
-    serde_json::from_slice::<Value>(&o.stdout).unwrap()[0].clone()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inetorgperson_lock_move_and_paged_reconcile_against_389() {
     let ds = Ds(ScriptServer::start("ds389.sh", &[&free_port(), &free_port()]));
@@ -197,12 +184,12 @@ async fn inetorgperson_lock_move_and_paged_reconcile_against_389() {
         l.modify(&bob_dn, mods).await.unwrap().success().unwrap();
     }
     let cfg = target(&ds, &move_to);
-    let doc = reconcile(&s, &cfg, &["--dry-run"]).await;
+    let doc = s.reconcile(&cfg, &["--dry-run"]).await;
     assert_eq!(doc["plan"]["foreign"].as_array().map(Vec::len), Some(1200), "{}", doc["plan"]["counts"]);
     let actions = doc["plan"]["actions"].as_array().unwrap();
     assert_eq!(actions.len(), 1, "{actions:?}");
     assert_eq!(actions[0]["action"], "update", "{actions:?}");
-    reconcile(&s, &cfg, &[]).await;
+    s.reconcile(&cfg, &[]).await;
     assert_eq!(attr(&ds.entry(&bob_dn).await.unwrap(), "sn"), ["Stone"]);
     s.stop().await;
 }

@@ -124,6 +124,21 @@ impl TestServer {
         }
     }
 
+    /// Runs `scim-bridge reconcile --json` (with `args`) on this daemon's staging database, with `extra` as
+    /// the rest of the configuration, and returns the first target's document.
+    pub async fn reconcile(&self, extra: &str, args: &[&str]) -> Value {
+        let dir = self.staging_path.parent().expect("staging directory");
+        let cfg = dir.join("reconcile.toml");
+        let text = format!("[staging]\npath = {:?}\n{extra}", self.staging_path.display().to_string());
+        std::fs::write(&cfg, text).expect("write config");
+        let cfg = cfg.display().to_string();
+        let mut all = vec!["reconcile", "--json", "--config", cfg.as_str()];
+        all.extend(args);
+        let o = bin::run(dir, &all).await;
+        assert!(o.status.success(), "{}", bin::text(&o));
+        serde_json::from_slice::<Value>(&o.stdout).expect("JSON")[0].clone()
+    }
+
     /// Rows of the staging database (failures, audit, links) for assertions.
     pub fn staging_rows(&self, sql: &str) -> Vec<Vec<String>> {
         let conn = rusqlite::Connection::open(&self.staging_path).expect("staging");
