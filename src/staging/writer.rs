@@ -391,7 +391,7 @@ fn create(
     };
     let members = resolved.known;
     doc.remove("members");
-    let id = uuid::Uuid::new_v4().to_string();
+    let id = uuid::Uuid::now_v7().to_string();
     let at = now();
     conn.prepare_cached(
         "INSERT INTO resources (tenant_id, kind, id, name_key, display_key, external_id, display, body, version, created, last_modified)
