@@ -168,16 +168,16 @@ impl LdapTarget {
             Err(LdapError::LdapResult { result }) if result.rc == ALREADY_EXISTS => {
                 let email = match_email(&e.state);
                 let existing = self.read(l, &dn, &["mail"]).await?;
+                if existing.is_none() {
+                    // No entry of that name: a value the directory keeps unique (AD's sAMAccountName or
+                    // userPrincipalName) is another entry's.
+                    return Err(classify_rc(result.rc, &result.text));
+                }
                 let same = existing.as_ref().is_some_and(|x| {
                     x.attrs
                         .get("mail")
                         .is_some_and(|m| m.iter().any(|v| email.as_deref().is_some_and(|e| v.eq_ignore_ascii_case(e))))
                 });
-                let Some(_) = existing else {
-                    // No entry of that name: a value the directory keeps unique (AD's sAMAccountName or
-                    // userPrincipalName) is another entry's.
-                    return Err(classify_rc(result.rc, &result.text));
-                };
                 if !same {
                     return Err(TargetError::permanent(format!(
                         "an entry named {dn} already exists and is not this user's (its mail differs); choose another RDN template or resolve it in the directory"
