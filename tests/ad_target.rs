@@ -81,7 +81,9 @@ fn uac(e: &SearchEntry) -> u32 {
     attr(e, "userAccountControl")[0].parse().unwrap()
 }
 
-fn config(dc: &ScriptServer, connection: &str, policy: &str) -> String {
+/// The AD target's configuration; `match_attr` is the attribute new users are linked by (mail or
+/// userPrincipalName).
+fn config(dc: &ScriptServer, connection: &str, policy: &str, match_attr: &str) -> String {
     let head = dc.target_head("ad", connection, dc.get("svc_dn"), "svc_password");
     format!(
         r#"{head}
@@ -91,7 +93,7 @@ delete_policy = "{policy}"
 base_dn = "{ou}"
 rdn = "cn={{displayName}}"
 object_classes = ["top", "person", "organizationalPerson", "user"]
-match_filter = "(&(objectClass=user)(mail={{match_email}}))"
+match_filter = "(&(objectClass=user)({match_attr}={{match_email}}))"
 sam_account_name = "{{userName}}"
 manager_attribute = "manager"
 
@@ -161,11 +163,19 @@ async fn entra_cycle_against_samba_ad() {
     let base = dc.0.get("base_dn").to_owned();
     dc.add_user(&format!("CN=Other Jane,CN=Users,{base}"), "jane.young", "other.jane@elsewhere.test", "oj@x.test")
         .await;
+    // Two accounts sharing an address: never guessed between. One known only by its UPN, for linking by
+    // userPrincipalName.
+    for (cn, sam) in [("Dup One", "dup1"), ("Dup Two", "dup2")] {
+        dc.add_user(&format!("CN={cn},{ou}"), sam, &format!("dup@{DOMAIN}"), &format!("{sam}@{DOMAIN}")).await;
+    }
+    dc.add_user(&format!("CN=Upn Only,{ou}"), "upnonly", "old.address@elsewhere.test", &format!("upn.only@{DOMAIN}"))
+        .await;
     // A UPN already in use elsewhere in the domain, for a new user to collide with.
     dc.add_user(&format!("CN=Taken,CN=Users,{base}"), "taken", "taken@elsewhere.test", &format!("clash@{DOMAIN}"))
         .await;
 
-    let s = TestServer::start_daemon(&config(&dc.0, &format!("url = {:?}", dc.0.get("ldaps_url")), "block")).await;
+    let s =
+        TestServer::start_daemon(&config(&dc.0, &format!("url = {:?}", dc.0.get("ldaps_url")), "block", "mail")).await;
     let mona = post(&s, "/Users", &user(&format!("mona.manager@{DOMAIN}"), "Mona", "Manager")).await;
     let ann = post(&s, "/Users", &user(&format!("ann.legacy@{DOMAIN}"), "Ann", "Legacy")).await;
     let jane = post(&s, "/Users", &user(&format!("jane.young@{DOMAIN}"), "Jane", "Young")).await;
@@ -258,6 +268,11 @@ async fn entra_cycle_against_samba_ad() {
     s.wait_replayed().await;
     let why = dead_letter(&s, &clash);
     assert!(why.contains("LDAP result"), "{why}");
+    // Two entries with the user's address: a dead letter naming both.
+    let dup = post(&s, "/Users", &user(&format!("dup@{DOMAIN}"), "Dup", "Licate")).await;
+    s.wait_replayed().await;
+    let why = dead_letter(&s, &dup);
+    assert!(why.contains("CN=Dup One") && why.contains("CN=Dup Two"), "{why}");
 
     // DELETE with the block policy: the entry stays, disabled.
     send(&s, Method::DELETE, &format!("/Users/{mona}"), None).await;
@@ -269,7 +284,7 @@ async fn entra_cycle_against_samba_ad() {
     // plan repairs it.
     let mods = vec![Mod::Replace("title", HashSet::from(["Edited By Hand"]))];
     dc.admin().await.modify(&jane_dn, mods).await.unwrap().success().unwrap();
-    let cfg = config(&dc.0, &format!("url = {:?}", dc.0.get("ldaps_url")), "block");
+    let cfg = config(&dc.0, &format!("url = {:?}", dc.0.get("ldaps_url")), "block", "mail");
     let doc = s.reconcile(&cfg, &["--dry-run"]).await;
     let actions = doc["plan"]["actions"].as_array().unwrap();
     assert_eq!(actions.len(), 1, "{doc}");
@@ -279,11 +294,20 @@ async fn entra_cycle_against_samba_ad() {
 
     // StartTLS on ldap:// with the delete policy: a user created and deleted, the group entry deleted.
     let starttls = format!("url = {:?}\nstarttls = true", dc.0.get("ldap_url"));
-    let s = s.restart_daemon(&config(&dc.0, &starttls, "delete")).await;
+    let s = s.restart_daemon(&config(&dc.0, &starttls, "delete", "userPrincipalName")).await;
     let temp = post(&s, "/Users", &user(&format!("temp.worker@{DOMAIN}"), "Temp", "Worker")).await;
     s.wait_replayed().await;
     let temp_dn = format!("CN=Temp Worker,{ou}");
     assert_eq!(uac(&dc.entry(&temp_dn).await.expect("created over StartTLS")), 0x200);
+    // Linked by userPrincipalName: the account keeps its name and takes the user's attributes.
+    post(&s, "/Users", &user(&format!("upn.only@{DOMAIN}"), "Upn", "Person")).await;
+    s.wait_replayed().await;
+    let linked = dc.entry(&format!("CN=Upn Only,{ou}")).await.expect("linked entry");
+    assert_eq!(
+        (attr(&linked, "givenName"), attr(&linked, "mail")),
+        (vec!["Upn".into()], vec![format!("upn.only@{DOMAIN}")])
+    );
+    assert!(dc.entry(&format!("CN=Upn Person,{ou}")).await.is_none(), "no duplicate");
     send(&s, Method::DELETE, &format!("/Users/{temp}"), None).await;
     send(&s, Method::DELETE, &format!("/Groups/{sales}"), None).await;
     s.wait_replayed().await;
