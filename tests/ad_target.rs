@@ -284,10 +284,17 @@ async fn entra_cycle_against_samba_ad() {
     // plan repairs it.
     let mods = vec![Mod::Replace("title", HashSet::from(["Edited By Hand"]))];
     dc.admin().await.modify(&jane_dn, mods).await.unwrap().success().unwrap();
+    // A computer account in the OU is of class user too, but not a person: not even listed.
+    let computer: Vec<(&str, HashSet<&str>)> =
+        vec![("objectClass", ["computer"].into()), ("sAMAccountName", ["WS01$"].into())];
+    dc.admin().await.add(&format!("CN=WS01,{ou}"), computer).await.unwrap().success().unwrap();
     let cfg = config(&dc.0, &format!("url = {:?}", dc.0.get("ldaps_url")), "block", "mail");
     let doc = s.reconcile(&cfg, &["--dry-run"]).await;
     let actions = doc["plan"]["actions"].as_array().unwrap();
     assert_eq!(actions.len(), 1, "{doc}");
+    let foreign: Vec<&str> =
+        doc["plan"]["foreign"].as_array().unwrap().iter().filter_map(|f| f["key"].as_str()).collect();
+    assert!(!foreign.is_empty() && foreign.iter().all(|k| !k.starts_with("CN=WS01")), "{foreign:?}");
     assert_eq!((&actions[0]["action"], &actions[0]["changes"][0]["field"]), (&json!("update"), &json!("title")));
     s.reconcile(&cfg, &[]).await;
     assert_eq!(attr(&dc.entry(&jane_dn).await.unwrap(), "title"), ["Engineer"]);

@@ -78,7 +78,9 @@ impl LdapTarget {
     fn user_filter(&self) -> String {
         let classes: String =
             self.users.object_classes.iter().map(|c| format!("(objectClass={})", ldap3::ldap_escape(c))).collect();
-        format!("(&{classes})")
+        // Active Directory's computer accounts are of class user too; they are not people.
+        let computers = if matches!(self.disable, Disable::Ad { .. }) { "(!(objectClass=computer))" } else { "" };
+        format!("(&{classes}{computers})")
     }
 
     fn blocked(&self, e: &SearchEntry) -> bool {
