@@ -62,39 +62,6 @@ async fn reconcile(dir: &Path, cfg: &str, args: &[&str]) -> (bool, Value) {
     (o.status.success(), doc[0].clone())
 }
 
-/// The plan's actions as short strings, sorted: "update bob title", "block carol", …
-fn actions(doc: &Value) -> Vec<String> {
-    let mut out: Vec<String> = doc["plan"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            let who = a["name"]
-                .as_str()
-                .or(a["group"].as_str())
-                .unwrap_or_default()
-                .split('@')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            match a["action"].as_str().unwrap() {
-                "update" => {
-                    let fields: Vec<&str> =
-                        a["changes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
-                    format!("update {who} {}", fields.join(","))
-                }
-                "orphan" => {
-                    format!("orphan {} {}", a["id"].as_str().unwrap_or_default(), a["policy"].as_str().unwrap())
-                }
-                "add_member" | "remove_member" => format!("{} {who}", a["action"].as_str().unwrap()),
-                other => format!("{other} {who}"),
-            }
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 async fn snapshot(db: &TestDb) -> Vec<Vec<Option<String>>> {
     db.rows(&format!("SELECT email, first_name, title, {}, scim_id FROM employees ORDER BY email", db.t("blocked")))
         .await
@@ -149,7 +116,7 @@ async fn drift_and_repair(backend: Backend) {
     .await;
     let (ok, doc) = reconcile(dir.path(), &cfg, &["--dry-run"]).await;
     assert!(ok, "{doc}");
-    assert_eq!(actions(&doc), Vec::<String>::new(), "in sync after replay: {doc}");
+    assert_eq!(bin::plan_actions(&doc), Vec::<String>::new(), "in sync after replay: {doc}");
     assert_eq!(doc["plan"]["foreign"].as_array().unwrap().len(), 1, "the local admin is listed: {doc}");
 
     // Drift behind the daemon's back.
@@ -167,7 +134,7 @@ async fn drift_and_repair(backend: Backend) {
     let (ok, doc) = reconcile(dir.path(), &cfg, &["--dry-run"]).await;
     assert!(ok, "{doc}");
     assert_eq!(
-        actions(&doc),
+        bin::plan_actions(&doc),
         [
             "add_member Sales".to_owned(),
             "block carol".into(),
@@ -207,7 +174,7 @@ async fn drift_and_repair(backend: Backend) {
 
     let (ok, doc) = reconcile(dir.path(), &cfg, &["--dry-run"]).await;
     assert!(ok, "{doc}");
-    assert_eq!(actions(&doc), Vec::<String>::new(), "a second run plans nothing: {doc}");
+    assert_eq!(bin::plan_actions(&doc), Vec::<String>::new(), "a second run plans nothing: {doc}");
     let runs = bin::text(&bin::run(dir.path(), &["runs", "--config", &cfg]).await);
     assert!(runs.contains("manual (dry run)") && runs.contains(": done"), "{runs}");
     let status = bin::text(&bin::run(dir.path(), &["status", "--config", &cfg]).await);
@@ -282,7 +249,7 @@ async fn a_tenant_bound_late_is_brought_across_by_one_run() {
 
     let (ok, doc) = reconcile(dir.path(), &cfg, &["--tenant", "late"]).await;
     assert!(ok, "{doc}");
-    assert_eq!(actions(&doc), ["ambiguous twin", "create new1", "create new2", "link old"], "{doc}");
+    assert_eq!(bin::plan_actions(&doc), ["ambiguous twin", "create new1", "create new2", "link old"], "{doc}");
     assert_eq!(
         db.rows("SELECT email, first_name FROM employees WHERE scim_id IS NOT NULL ORDER BY email").await,
         [
@@ -292,7 +259,11 @@ async fn a_tenant_bound_late_is_brought_across_by_one_run() {
         ]
     );
     let (_, doc) = reconcile(dir.path(), &cfg, &["--tenant", "late", "--dry-run"]).await;
-    assert_eq!(actions(&doc), ["ambiguous twin"], "only the ambiguity is left, for a person to resolve: {doc}");
+    assert_eq!(
+        bin::plan_actions(&doc),
+        ["ambiguous twin"],
+        "only the ambiguity is left, for a person to resolve: {doc}"
+    );
     for (args, needle) in [
         (vec!["reconcile", "--target", "nosuch"], "no target is named \"nosuch\""),
         (vec!["reconcile", "--tenant", "nosuch"], "no tenant is named \"nosuch\""),

@@ -29,39 +29,6 @@ async fn plan(dir: &std::path::Path, cfg: &str, args: &[&str]) -> Value {
     serde_json::from_slice::<Value>(&o.stdout).unwrap()[0].clone()
 }
 
-fn actions(doc: &Value) -> Vec<String> {
-    let mut out: Vec<String> = doc["plan"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            let who = a["name"]
-                .as_str()
-                .or(a["group"].as_str())
-                .unwrap_or_default()
-                .split('@')
-                .next()
-                .unwrap_or_default()
-                .to_owned();
-            match a["action"].as_str().unwrap() {
-                "update" => format!(
-                    "update {who} {}",
-                    a["changes"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .map(|c| c["field"].as_str().unwrap())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-                other => format!("{other} {who}"),
-            }
-        })
-        .collect();
-    out.sort();
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_drift_is_planned_and_repaired() {
     let slapd = Slapd::start();
@@ -118,7 +85,7 @@ object_class = "groupOfNames"
         slapd.entry(&sales).await.is_some_and(|g| g.attrs.get("member").is_some_and(|m| m.len() == 2))
     })
     .await;
-    assert_eq!(actions(&plan(dir.path(), &cfg, &["--dry-run"]).await), Vec::<String>::new());
+    assert_eq!(bin::plan_actions(&plan(dir.path(), &cfg, &["--dry-run"]).await), Vec::<String>::new());
 
     {
         let mut l = slapd.admin().await;
@@ -138,7 +105,7 @@ object_class = "groupOfNames"
 
     let doc = plan(dir.path(), &cfg, &["--dry-run"]).await;
     assert_eq!(
-        actions(&doc),
+        bin::plan_actions(&doc),
         ["add_member Sales", "block carol", "create dan", "unblock eve", "update bob title"],
         "{doc}"
     );
@@ -157,7 +124,7 @@ object_class = "groupOfNames"
     assert!(slapd.entry(&people("local-admin")).await.is_some(), "never touched");
 
     assert_eq!(
-        actions(&plan(dir.path(), &cfg, &["--dry-run"]).await),
+        bin::plan_actions(&plan(dir.path(), &cfg, &["--dry-run"]).await),
         Vec::<String>::new(),
         "a second run plans nothing"
     );

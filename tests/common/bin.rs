@@ -184,3 +184,40 @@ pub async fn replace(d: &Daemon, token: &str, path: &str, attr: &str, value: Val
         .expect("PATCH");
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
 }
+
+/// A reconciliation plan's actions as short strings, sorted: "update bob title", "block carol",
+/// "orphan <id> <policy>", …
+pub fn plan_actions(doc: &Value) -> Vec<String> {
+    let mut out: Vec<String> = doc["plan"]["actions"]
+        .as_array()
+        .expect("plan.actions")
+        .iter()
+        .map(|a| {
+            let who = a["name"]
+                .as_str()
+                .or(a["group"].as_str())
+                .unwrap_or_default()
+                .split('@')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            match a["action"].as_str().expect("action") {
+                "update" => {
+                    let fields: Vec<&str> = a["changes"]
+                        .as_array()
+                        .expect("changes")
+                        .iter()
+                        .map(|c| c["field"].as_str().expect("field"))
+                        .collect();
+                    format!("update {who} {}", fields.join(","))
+                }
+                "orphan" => {
+                    format!("orphan {} {}", a["id"].as_str().unwrap_or_default(), a["policy"].as_str().expect("policy"))
+                }
+                other => format!("{other} {who}"),
+            }
+        })
+        .collect();
+    out.sort();
+    out
+}
