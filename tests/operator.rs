@@ -206,29 +206,37 @@ async fn a_target_outage_is_visible() {
     d.stop().await;
 }
 
+/// A daemon replaying tenant "t" into the demo SQLite database, whose `employees` table refuses the rows
+/// `when` matches (a dead letter on demand, with `message`); `columns` are mapped after email. Returns the
+/// daemon, the tenant's token and the config path.
+async fn daemon_refusing(dir: &Path, when: &str, message: &str, columns: &str) -> (bin::Daemon, String, String) {
+    let app = dir.join("app.db");
+    scim_bridge::daemon::prepare_demo_database(&app).unwrap();
+    let conn = rusqlite::Connection::open(&app).unwrap();
+    conn.execute_batch(&format!(
+        "CREATE TRIGGER refuse BEFORE INSERT ON employees WHEN {when} BEGIN SELECT RAISE(ABORT, '{message}'); END;"
+    ))
+    .unwrap();
+    let extra = format!(
+        "[replay]\nmax_attempts = 1\n[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\n\
+         url = \"sqlite://{}\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n\
+         [target.users.columns]\nemail = \"@match_email\"\n{columns}",
+        app.display()
+    );
+    let config = bin::config(dir, &extra);
+    let cfg = config.display().to_string();
+    let token = bin::token(dir, &config, "t").await;
+    let d = bin::start(dir, &["--config", &cfg], &[]).await.unwrap();
+    (d, token, cfg)
+}
+
 /// Defect 5: `retry` says what it queued and a running daemon acts on it within about two seconds; a
 /// target or sequence that does not exist is an error (exit code 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_acts_at_once_and_names_what_it_queued() {
     let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("app.db");
-    scim_bridge::daemon::prepare_demo_database(&app).unwrap();
-    let conn = rusqlite::Connection::open(&app).unwrap();
-    conn.execute_batch(
-        "CREATE TRIGGER no_bob BEFORE INSERT ON employees WHEN NEW.email = 'bob@example.com'
-         BEGIN SELECT RAISE(ABORT, 'bob is not welcome'); END;",
-    )
-    .unwrap();
-    let extra = format!(
-        "[replay]\nmax_attempts = 1\n[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\n\
-         url = \"sqlite://{}\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n\
-         [target.users.columns]\nemail = \"@match_email\"\n",
-        app.display()
-    );
-    let config = bin::config(dir.path(), &extra);
-    let cfg = config.display().to_string();
-    let token = bin::token(dir.path(), &config, "t").await;
-    let d = bin::start(dir.path(), &["--config", &cfg], &[]).await.unwrap();
+    let (d, token, cfg) = daemon_refusing(dir.path(), "NEW.email = 'bob@example.com'", "bob is not welcome", "").await;
+    let conn = rusqlite::Connection::open(dir.path().join("app.db")).unwrap();
     assert_eq!(post(&d, &token, "/Users", &user("bob@example.com")).await.status(), 201);
     until("bob is a dead letter", async || {
         !staging_rows(dir.path(), "SELECT 1 FROM replay_failures WHERE state = 'dead'").is_empty()
@@ -248,7 +256,7 @@ async fn retry_acts_at_once_and_names_what_it_queued() {
         assert!(bin::text(&o).contains(needle), "{args:?}: {}", bin::text(&o));
     }
 
-    conn.execute_batch("DROP TRIGGER no_bob").unwrap();
+    conn.execute_batch("DROP TRIGGER refuse").unwrap();
     let o = bin::run(dir.path(), &["retry", "--config", &cfg]).await;
     let said = bin::text(&o);
     assert!(o.status.success(), "{said}");
@@ -370,24 +378,10 @@ async fn token_list_and_revoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_discard_drops_a_dead_letter_and_the_resource_moves_on() {
     let dir = tempfile::tempdir().unwrap();
-    let app = dir.path().join("app.db");
-    scim_bridge::daemon::prepare_demo_database(&app).unwrap();
-    let conn = rusqlite::Connection::open(&app).unwrap();
-    conn.execute_batch(
-        "CREATE TRIGGER no_bob BEFORE INSERT ON employees WHEN NEW.first_name = 'Bobby'
-         BEGIN SELECT RAISE(ABORT, 'no Bobby here'); END;",
-    )
-    .unwrap();
-    let extra = format!(
-        "[replay]\nmax_attempts = 1\n[[tenant]]\nname = \"t\"\ntargets = [\"crm\"]\n[[target]]\ntype = \"sql\"\nname = \"crm\"\n\
-         url = \"sqlite://{}\"\n[target.users]\ntable = \"employees\"\nkey = \"id\"\nmatch_column = \"email\"\n\
-         [target.users.columns]\nemail = \"@match_email\"\nfirst_name = \"name.givenName\"\n",
-        app.display()
-    );
-    let config = bin::config(dir.path(), &extra);
-    let cfg = config.display().to_string();
-    let token = bin::token(dir.path(), &config, "t").await;
-    let d = bin::start(dir.path(), &["--config", &cfg], &[]).await.unwrap();
+    let (d, token, cfg) =
+        daemon_refusing(dir.path(), "NEW.first_name = 'Bobby'", "no Bobby here", "first_name = \"name.givenName\"\n")
+            .await;
+    let conn = rusqlite::Connection::open(dir.path().join("app.db")).unwrap();
     let created =
         post(&d, &token, "/Users", &json!({"userName": "bob@example.com", "name": {"givenName": "Bobby"}})).await;
     assert_eq!(created.status(), 201);
