@@ -12,11 +12,21 @@ use crate::mapping::Source;
 use crate::scim::schema::Kind;
 use crate::targets::{BuildError, bad};
 
+/// An LDAP attribute description as the configuration may name one: letters, digits and hyphens.
+fn is_attribute_name(a: &str) -> bool {
+    !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// An optional template (`sam_account_name`), parsed for `kind` and named by `key` when it is wrong.
+fn template(kind: Kind, key: &str, text: Option<&str>) -> Result<Option<Source>, BuildError> {
+    text.map(|t| Source::parse(kind, t).map_err(|e| bad(key, e))).transpose()
+}
+
 fn split_rdn(kind: Kind, key: &str, rdn: &str) -> Result<(String, Source), BuildError> {
     let (attr, template) =
         rdn.split_once('=').ok_or_else(|| bad(key, format!("{rdn:?} must be attribute={{template}}")))?;
     let attr = attr.trim();
-    if attr.is_empty() || !attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if !is_attribute_name(attr) {
         return Err(bad(key, format!("{attr:?} is not an attribute name")));
     }
     let source = Source::parse(kind, template).map_err(|e| bad(key, e))?;
@@ -64,7 +74,7 @@ fn users(cfg: &LdapTargetConfig) -> Result<Users, BuildError> {
     let mut attrs = Vec::new();
     for (attr, expr) in &u.attributes {
         let key = format!("users.attributes.{attr}");
-        if !attr.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+        if !is_attribute_name(attr) {
             return Err(bad(key, "not an attribute name"));
         }
         attrs.push((attr.clone(), Source::parse(Kind::User, expr).map_err(|e| bad(&key, e))?));
@@ -80,13 +90,9 @@ fn users(cfg: &LdapTargetConfig) -> Result<Users, BuildError> {
     if u.object_classes.is_empty() {
         return Err(bad("users.object_classes", "name at least one object class, e.g. [\"inetOrgPerson\"]"));
     }
-    let sam = u
-        .sam_account_name
-        .as_deref()
-        .map(|t| Source::parse(Kind::User, t).map_err(|e| bad("users.sam_account_name", e)))
-        .transpose()?;
+    let sam = template(Kind::User, "users.sam_account_name", u.sam_account_name.as_deref())?;
     if let Some(a) = &u.manager_attribute
-        && (a.is_empty() || !a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        && !is_attribute_name(a)
     {
         return Err(bad("users.manager_attribute", format!("{a:?} is not an attribute name")));
     }
@@ -117,11 +123,7 @@ fn groups(cfg: &LdapTargetConfig) -> Result<Option<Groups>, BuildError> {
             ));
         }
     };
-    let sam = g
-        .sam_account_name
-        .as_deref()
-        .map(|t| Source::parse(Kind::Group, t).map_err(|e| bad("groups.sam_account_name", e)))
-        .transpose()?;
+    let sam = template(Kind::Group, "groups.sam_account_name", g.sam_account_name.as_deref())?;
     Ok(Some(Groups {
         base_dn: g.base_dn.clone(),
         rdn_attr,

@@ -176,10 +176,10 @@ impl LdapTarget {
                         attrs.push(("gidNumber".into(), [self.next_gid(l, g).await?.to_string()].into()));
                     }
                     GroupClass::Ad => attrs.push(("groupType".into(), [g.group_type.to_string()].into())),
-                    GroupClass::Names | GroupClass::UniqueNames if members.is_empty() => {
-                        members.insert(g.empty_member.clone());
-                    }
                     GroupClass::Names | GroupClass::UniqueNames => {}
+                }
+                if members.is_empty() && g.class.needs_member() {
+                    members.insert(g.empty_member.clone());
                 }
                 if !members.is_empty() {
                     attrs.push((g.class.member_attr().to_owned(), members));
