@@ -99,11 +99,25 @@ fn doc(v: Value) -> Map<String, Value> {
 
 impl Harness {
     async fn start(target: Memory) -> Harness {
+        let mut h = Harness::open(target);
+        h.run();
+        h
+    }
+
+    /// The staging database and the target, with no replay worker yet: changes written now are all
+    /// there when the workers start, so no write is in flight while they run.
+    fn open(target: Memory) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("staging.db");
         let (tenant, _) = crate::staging::rotate_token(&path, "t").unwrap();
         let staging = Staging::open(&path, Default::default()).unwrap();
         let store = ReplayStore::open(&path).unwrap();
+        let (stop, _) = watch::channel(false);
+        Harness { _dir: dir, staging, store, tenant: tenant.id, target, stop, workers: Vec::new() }
+    }
+
+    /// Starts the replay workers.
+    fn run(&mut self) {
         let settings = ReplaySettings {
             batch_size: 100,
             max_attempts: 2,
@@ -112,10 +126,9 @@ impl Harness {
             probe_interval: Duration::from_secs(30),
             alerts: Default::default(),
         };
-        let (stop, stopping) = watch::channel(false);
-        let binding = Binding { target: target.clone(), tenants: vec!["t".into()] };
-        let workers = spawn(vec![binding], store.clone(), settings, staging.commits(), stopping);
-        Harness { _dir: dir, staging, store, tenant: tenant.id, target, stop, workers }
+        let binding = Binding { target: self.target.clone(), tenants: vec!["t".into()] };
+        let stopping = self.stop.subscribe();
+        self.workers = spawn(vec![binding], self.store.clone(), settings, self.staging.commits(), stopping);
     }
 
     async fn create(&self, user: &str) -> (ResourceId, ChangeSeq) {
@@ -226,12 +239,15 @@ async fn order_isolation_dead_letters_and_retry() {
 async fn outage_backs_off_and_loses_nothing() {
     let target = Memory::default();
     target.state().down = true;
-    let h = Harness::start(target).await;
+    // Staged before replay starts: a write waits on the staging writer's thread, which paused time does
+    // not count as work, so a write in flight between two attempts could let the clock jump ahead.
+    let mut h = Harness::open(target);
     let (ann, created) = h.create("ann").await;
     let mut seqs = vec![created];
     for t in ["t1", "t2", "t3"] {
         seqs.push(h.retitle(&ann, t).await);
     }
+    h.run();
     h.until("eight attempts during the outage", |h| h.target.state().attempts_while_down.len() >= 8).await;
     assert!(h.target.applied_of("ann").is_empty(), "nothing applied while down");
     h.target.state().down = false;
