@@ -109,14 +109,21 @@ impl DaemonLock {
 /// is never taken for a running daemon, and nothing is locked to find out.
 pub fn running_daemon(staging: &Path) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    let inode = std::fs::metadata(lock_path(staging)).ok()?.ino();
+    let meta = std::fs::metadata(lock_path(staging)).ok()?;
+    // The file as /proc/locks names it: the device's major and minor number in hex, then the inode (an
+    // inode number alone repeats across file systems).
+    let dev = meta.dev();
+    let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+    let file = (major, minor, meta.ino());
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     locks.lines().find_map(|line| {
         // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
         let f: Vec<&str> = line.split_whitespace().collect();
         let held = f.get(1) == Some(&"FLOCK") && f.get(3) == Some(&"WRITE");
-        let ino = f.get(5).and_then(|d| d.rsplit(':').next()).and_then(|i| i.parse::<u64>().ok());
-        if held && ino == Some(inode) { f.get(4).and_then(|p| p.parse().ok()) } else { None }
+        let mut id = f.get(5)?.split(':');
+        let (maj, min, ino) = (id.next()?, id.next()?, id.next()?);
+        let named = (u64::from_str_radix(maj, 16).ok()?, u64::from_str_radix(min, 16).ok()?, ino.parse::<u64>().ok()?);
+        if held && named == file { f.get(4).and_then(|p| p.parse().ok()) } else { None }
     })
 }
 
