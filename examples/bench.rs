@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use scim_bridge::http::ScimSettings;
-use scim_bridge::staging::{self, Staging};
+use scim_bridge::staging;
 use serde_json::json;
 
 struct Args {
@@ -193,7 +193,7 @@ async fn start(dir: &std::path::Path) -> Server {
     let _ = std::fs::remove_dir_all(dir);
     let path = dir.join("staging.db");
     let (_, token) = staging::rotate_token(&path, "bench").expect("token");
-    let staging = Staging::open(&path, Default::default()).expect("staging");
+    let staging = staging::open(&path, Default::default()).expect("staging").resources;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}/scim/v2", listener.local_addr().expect("addr"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -17,12 +17,12 @@ fn main() -> ExitCode {
         Command::Serve => cli::serve::run(config),
         Command::CheckConfig { connect } => cli::check_config::run(config, *connect),
         Command::Token { action, tenant } => cli::token::run(config, action.as_ref(), tenant.as_deref()),
-        Command::Status => cli::replay::status(config),
-        Command::Journal { action: None, target } => cli::replay::journal(config, target.as_deref()),
+        Command::Status => cli::block_on(cli::replay::status(config)),
+        Command::Journal { action: None, target } => cli::block_on(cli::replay::journal(config, target.as_deref())),
         Command::Journal { action: Some(JournalAction::Discard { seq, target: t }), target } => {
-            cli::replay::discard(config, t.as_deref().or(target.as_deref()), *seq)
+            cli::block_on(cli::replay::discard(config, t.as_deref().or(target.as_deref()), *seq))
         }
-        Command::Retry { target, seq } => cli::replay::retry(config, target.as_deref(), *seq),
+        Command::Retry { target, seq } => cli::block_on(cli::replay::retry(config, target.as_deref(), *seq)),
         Command::Reconcile { target, tenant, dry_run, json, link_report, force } => cli::reconcile::run(
             config,
             &cli::reconcile::Args {
@@ -35,10 +35,15 @@ fn main() -> ExitCode {
             },
         ),
         Command::Runs { target } => cli::reconcile::runs(config, target.as_deref()),
-        Command::Explain { query, json } => cli::history::explain(config, query, *json),
-        Command::History { target, since, outcome, limit, json } => {
-            cli::history::history(config, target.as_deref(), since.as_deref(), outcome.as_deref(), *limit, *json)
-        }
+        Command::Explain { query, json } => cli::block_on(cli::history::explain(config, query, *json)),
+        Command::History { target, since, outcome, limit, json } => cli::block_on(cli::history::history(
+            config,
+            target.as_deref(),
+            since.as_deref(),
+            outcome.as_deref(),
+            *limit,
+            *json,
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

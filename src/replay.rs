@@ -14,9 +14,10 @@ use tokio::sync::watch;
 use crate::config::ReplayConfig;
 use crate::ops::alerts::{Alerts, Event};
 use crate::scim::schema::Kind;
-use crate::staging::StagingError;
 use crate::staging::journal::{Applied, ChangeSeq, Entry, Links, ResourceRef};
-use crate::staging::replay_state::{Failure, FailureState, LinkOwners, Record, ReplayStore};
+use crate::staging::ledger::{Failure, FailureState, Record};
+use crate::staging::{ReplayLog, StagingError};
+use crate::targets::link::StagedClaims;
 use crate::targets::{Claims, Target, TargetError};
 
 /// Replay settings (the `[replay]` section).
@@ -110,16 +111,6 @@ pub struct Binding<T = Target> {
     pub tenants: Vec<String>,
 }
 
-/// Link owners from staging, as the targets ask for them (replay's and reconciliation's).
-pub(crate) struct StoreClaims(pub(crate) LinkOwners);
-
-impl Claims for StoreClaims {
-    fn owner(&self, kind: Kind, key: &str) -> Result<Option<ResourceRef>, TargetError> {
-        // Not knowing is not "unclaimed": the change waits for staging rather than risk taking over a row.
-        self.0.owner(kind, key).map_err(|e| TargetError::transient_from("cannot read link owners from staging", e))
-    }
-}
-
 /// Wall-clock milliseconds for retry times stored in staging, advanced by Tokio's clock, so that tests
 /// with paused time see retries fall due without waiting.
 #[derive(Clone, Copy)]
@@ -183,7 +174,7 @@ impl Default for Reachability {
 
 struct Worker<T> {
     binding: Binding<T>,
-    store: ReplayStore,
+    store: Arc<dyn ReplayLog>,
     settings: ReplaySettings,
     clock: Clock,
 }
@@ -192,7 +183,7 @@ struct Worker<T> {
 /// journal entries are committed.
 pub fn spawn<T: ReplayTarget>(
     bindings: Vec<Binding<T>>,
-    store: ReplayStore,
+    store: Arc<dyn ReplayLog>,
     settings: ReplaySettings,
     commits: watch::Receiver<u64>,
     shutdown: watch::Receiver<bool>,
@@ -236,7 +227,7 @@ impl<T: ReplayTarget> Worker<T> {
             }
             // A reconciliation run applying its plan to this target holds replay until it is done.
             let now = self.clock.now_ms();
-            if self.store_call(move |s, t| s.replay_paused(&t, now)).await.unwrap_or(false) {
+            if self.store.replay_paused(self.name(), now).await.unwrap_or(false) {
                 tokio::select! {
                     _ = tokio::time::sleep(IDLE_POLL) => {}
                     _ = shutdown.changed() => {}
@@ -261,7 +252,7 @@ impl<T: ReplayTarget> Worker<T> {
                     }
                     // Idle: wait for new commits, the next due retry, or shutdown. A short poll, so that an
                     // operator's `scim-bridge retry` (another process) takes effect within a second or two.
-                    let next_due = self.store_call(|s, t| s.next_due(&t)).await.ok().flatten();
+                    let next_due = self.store.next_due(self.name()).await.ok().flatten();
                     let wait = next_due
                         .map(|d| Duration::from_millis((d - self.clock.now_ms()).max(0) as u64))
                         .unwrap_or(IDLE_POLL)
@@ -307,7 +298,7 @@ impl<T: ReplayTarget> Worker<T> {
         }
         health.attempts = 0;
         if was_down.is_some() || !health.recorded {
-            let recorded = self.store_call(|s, t| s.record_health(&t, true, None, None)).await;
+            let recorded = self.store.record_health(self.name(), true, None, None).await;
             health.recorded = recorded.is_ok();
         }
     }
@@ -325,39 +316,29 @@ impl<T: ReplayTarget> Worker<T> {
             tracing::debug!(target = %self.name(), error = %report, attempts = health.attempts, retry_in_ms = retry_in.as_millis() as u64, "target still unreachable");
         }
         let next = self.clock.now_ms() + retry_in.as_millis() as i64;
-        let recorded = self.store_call(move |s, t| s.record_health(&t, false, Some(&report), Some(next))).await;
+        let recorded = self.store.record_health(self.name(), false, Some(&report), Some(next)).await;
         health.recorded = recorded.is_ok();
     }
 
-    async fn store_call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&ReplayStore, String) -> Result<R, StagingError> + Send + 'static,
-    ) -> Result<R, StagingError> {
-        let name = self.name().to_owned();
-        self.store.run(move |s| f(s, name)).await
-    }
-
-    fn claims(&self) -> StoreClaims {
-        StoreClaims(self.store.link_owners(self.name()))
+    fn claims(&self) -> StagedClaims {
+        StagedClaims::new(self.store.clone(), self.name())
     }
 
     /// One round: due retries, then new journal entries. Ok(true) when it did something.
     async fn step(&self) -> Result<bool, StepError> {
         let retried = self.retry_due().await?;
-        let cursor = self.store_call(|s, t| s.cursor(&t)).await?;
-        let tenants = self.binding.tenants.clone();
-        let limit = self.settings.batch_size;
-        let (entries, upto) = self.store.run(move |s| s.fetch(&tenants, cursor, limit)).await?;
+        let cursor = self.store.cursor(self.name()).await?;
+        let (entries, upto) = self.store.fetch(&self.binding.tenants, cursor, self.settings.batch_size).await?;
         let mut record = Record::new(self.name());
         record.cursor = Some(upto);
         if entries.is_empty() {
             if upto > cursor {
                 // Only other tenants' changes: move past them.
-                self.store.run(move |s| s.record(&record)).await?;
+                self.store.record(record).await?;
             }
             return Ok(retried);
         }
-        let blocked = self.store_call(|s, t| s.blocked(&t)).await?;
+        let blocked = self.store.blocked(self.name()).await?;
         let mut links = self.load_links(&entries).await?;
         let mut failed: HashMap<ResourceRef, ChangeSeq> = HashMap::new();
         let mut ready = Vec::new();
@@ -379,12 +360,12 @@ impl<T: ReplayTarget> Worker<T> {
                 // Keep what was applied (links, audit, failures) but not the position: the step is repeated,
                 // and the entries already applied find their rows through the links.
                 record.cursor = None;
-                self.store.run(move |s| s.record(&record)).await?;
+                self.store.record(record).await?;
                 return Err(e);
             }
         }
         let n = record.applied.len();
-        self.store.run(move |s| s.record(&record)).await?;
+        self.store.record(record).await?;
         tracing::debug!(target = %self.name(), applied = n, "replay step committed");
         Ok(true)
     }
@@ -395,7 +376,7 @@ impl<T: ReplayTarget> Worker<T> {
             resources.insert(e.resource());
             resources.extend(e.referenced());
         }
-        self.store_call(move |s, t| s.links(&t, &resources)).await
+        self.store.links(self.name(), &resources).await
     }
 
     /// Applies entries of one kind: resources spread over parallel transactions, each resource's entries
@@ -554,19 +535,19 @@ impl<T: ReplayTarget> Worker<T> {
     /// Retries due failed entries; after a success, the entries waiting behind it follow in order.
     async fn retry_due(&self) -> Result<bool, StepError> {
         let now = self.clock.now_ms();
-        let due = self.store_call(move |s, t| s.due(&t, now)).await?;
+        let due = self.store.due(self.name(), now).await?;
         if due.is_empty() {
             return Ok(false);
         }
         for f in due {
             let resource = f.resource();
-            let waiting = self.store_call(move |s, t| s.waiting(&t, &resource)).await?;
+            let waiting = self.store.waiting(self.name(), &resource).await?;
             let mut record = Record::new(self.name());
             let mut queue = vec![f];
             queue.extend(waiting);
             for (i, item) in queue.into_iter().enumerate() {
                 let seq = item.seq;
-                let Some(entry) = self.store.run(move |s| s.entry(seq)).await? else {
+                let Some(entry) = self.store.entry(seq).await? else {
                     record.resolved.push(seq); // the journal entry is gone (should not happen); drop the row
                     continue;
                 };
@@ -579,7 +560,7 @@ impl<T: ReplayTarget> Worker<T> {
                         record.applied.push((entry, a));
                     }
                     Err(err) if err.is_transient() => {
-                        self.store.run(move |s| s.record(&record)).await?;
+                        self.store.record(record).await?;
                         return Err(StepError::Down(err));
                     }
                     Err(err) => {
@@ -589,7 +570,7 @@ impl<T: ReplayTarget> Worker<T> {
                     }
                 }
             }
-            self.store.run(move |s| s.record(&record)).await?;
+            self.store.record(record).await?;
         }
         Ok(true)
     }

@@ -318,14 +318,14 @@ async fn the_safety_limit_stops_a_mass_block_and_force_passes_it() {
     assert!(runs.contains(": stopped") && runs.contains("would block 8"), "{runs}");
 
     // Another process holds the target (a scheduled run in the daemon takes the same lease).
-    let store = scim_bridge::staging::replay_state::ReplayStore::open(&dir.path().join("data/staging.db")).unwrap();
+    let store = scim_bridge::staging::open_ledger(&dir.path().join("data/staging.db")).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
-    let held = store.start_run("crm", "schedule", false, "the daemon, pid 1", now).unwrap().unwrap();
+    let held = store.start_run("crm", "schedule", false, "the daemon, pid 1", now).await.unwrap().unwrap();
     let o = bin::run(dir.path(), &["reconcile", "--force", "--config", &cfg]).await;
     assert_eq!(o.status.code(), Some(1));
     let said = bin::text(&o);
     assert!(said.contains(&format!("in progress (run {held}, the daemon, pid 1)")), "{said}");
-    store.finish_run(held, scim_bridge::staging::replay_state::RunStatus::Done, &Default::default(), None).unwrap();
+    store.finish_run(held, scim_bridge::staging::ledger::RunStatus::Done, &Default::default(), None).await.unwrap();
 
     let (ok, doc) = reconcile(dir.path(), &cfg, &["--force"]).await;
     assert!(ok, "{doc}");

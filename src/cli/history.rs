@@ -4,14 +4,14 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use scim_bridge::ops::story;
-use scim_bridge::staging::replay_state::ReplayStore;
+use scim_bridge::staging;
 
 use super::load_config;
 
-pub fn explain(path: Option<&Path>, query: &str, json: bool) -> anyhow::Result<()> {
+pub async fn explain(path: Option<&Path>, query: &str, json: bool) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    let store = ReplayStore::open(&config.staging.path)?;
-    let found = store.find_resources(query)?;
+    let store = staging::open_ledger(&config.staging.path)?;
+    let found = store.find_resources(query).await?;
     let one = match found.as_slice() {
         [] => anyhow::bail!(
             "nothing matches {query:?}: give a userName, a group name, an email address, a SCIM id or a downstream key"
@@ -34,7 +34,7 @@ pub fn explain(path: Option<&Path>, query: &str, json: bool) -> anyhow::Result<(
             anyhow::bail!("{} resources match {query:?}; name one by its id:\n{}", several.len(), list.join("\n"))
         }
     };
-    let narrative = story::narrate(&store.story(one)?);
+    let narrative = story::narrate(&store.story(one).await?);
     if json {
         println!("{}", serde_json::to_string_pretty(&story::json(&narrative))?);
     } else {
@@ -57,7 +57,7 @@ fn since(text: &str) -> anyhow::Result<String> {
     Ok(humantime::format_rfc3339_millis(at).to_string())
 }
 
-pub fn history(
+pub async fn history(
     path: Option<&Path>,
     target: Option<&str>,
     since_text: Option<&str>,
@@ -83,8 +83,8 @@ pub fn history(
         anyhow::bail!("--outcome {o:?} is not an outcome; use one of {}", OUTCOMES.join(", "));
     }
     let since = since_text.map(since).transpose()?;
-    let store = ReplayStore::open(&config.staging.path)?;
-    let rows = store.history(target, since.as_deref(), outcome, limit)?;
+    let store = staging::open_ledger(&config.staging.path)?;
+    let rows = store.history(target, since.as_deref(), outcome, limit).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());

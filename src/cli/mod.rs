@@ -194,6 +194,11 @@ pub fn init_logging(log: &LogConfig) -> LogLevel {
     })
 }
 
+/// Runs a command's async work (staging, connection checks) to its end on a small runtime.
+pub fn block_on(work: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    small_runtime()?.block_on(work)
+}
+
 /// A runtime for commands that do a little async work (connection checks).
 pub fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("while starting the runtime")

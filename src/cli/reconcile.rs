@@ -8,7 +8,7 @@ use scim_bridge::daemon;
 use scim_bridge::ops::alerts::Alerts;
 use scim_bridge::reconcile::progress::{Bar, Progress, Silent};
 use scim_bridge::reconcile::{self, Request, Trigger, report};
-use scim_bridge::staging::replay_state::{ReplayStore, RunStatus};
+use scim_bridge::staging::{self, ledger::RunStatus};
 use serde_json::json;
 
 use super::{load_config, small_runtime};
@@ -57,7 +57,7 @@ pub fn run(path: Option<&Path>, args: &Args<'_>) -> anyhow::Result<()> {
     {
         anyhow::bail!("no tenant is named {t:?} in the configuration");
     }
-    let store = ReplayStore::open(&config.staging.path)?;
+    let store = staging::open_ledger(&config.staging.path)?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let failed = small_runtime()?.block_on(async {
         let mut failed = false;
@@ -130,7 +130,7 @@ pub fn runs(path: Option<&Path>, target: Option<&str>) -> anyhow::Result<()> {
     if target.is_some() {
         chosen(&config, target)?;
     }
-    let store = ReplayStore::open(&config.staging.path)?;
-    print!("{}", report::runs_table(&store.runs(target, 50)?));
+    let store = staging::open_ledger(&config.staging.path)?;
+    print!("{}", report::runs_table(&small_runtime()?.block_on(store.runs(target, 50))?));
     Ok(())
 }

@@ -4,14 +4,16 @@
 use std::path::Path;
 
 use scim_bridge::config::Config;
-use scim_bridge::staging::replay_state::{Failure, FailureState, ReplayStore};
-use scim_bridge::staging::{self, ChangeSeq};
+use std::sync::Arc;
+
+use scim_bridge::staging::ledger::{Failure, FailureState};
+use scim_bridge::staging::{self, ChangeSeq, Ledger};
 
 use super::{load_config, now_ms};
 
-fn open(path: Option<&Path>) -> anyhow::Result<(Config, ReplayStore)> {
+fn open(path: Option<&Path>) -> anyhow::Result<(Config, Arc<dyn Ledger>)> {
     let config = load_config(path)?;
-    let store = ReplayStore::open(&config.staging.path)?;
+    let store = staging::open_ledger(&config.staging.path)?;
     Ok((config, store))
 }
 
@@ -33,11 +35,11 @@ fn in_seconds(ms: i64) -> i64 {
     ((ms - now_ms()).max(0) + 999) / 1000
 }
 
-pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
+pub async fn status(path: Option<&Path>) -> anyhow::Result<()> {
     let (config, store) = open(path)?;
-    let head = store.head()?;
-    let failures = store.list_failures(None)?;
-    let health = store.health()?;
+    let head = store.head().await?;
+    let failures = store.list_failures(None).await?;
+    let health = store.health().await?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let mut wal = config.staging.path.as_os_str().to_owned();
     wal.push("-wal");
@@ -52,8 +54,8 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
         Some(pid) => println!("daemon: running (pid {pid}); journal head {head}"),
         None => println!("daemon: not running (target states below are as it last saw them); journal head {head}"),
     }
-    let pending = store.pending_members()?;
-    for (tenant, changes) in store.changes_per_tenant()? {
+    let pending = store.pending_members().await?;
+    for (tenant, changes) in store.changes_per_tenant().await? {
         let waiting: Vec<String> = pending
             .iter()
             .filter(|p| p.tenant == tenant)
@@ -81,7 +83,7 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
     }
     for t in &config.targets {
         let name = t.name();
-        let cursor = store.cursor(name)?;
+        let cursor = store.cursor(name).await?;
         let count = |state: FailureState| failures.iter().filter(|f| f.target == name && f.state == state).count();
         let reach = match health.iter().find(|h| h.target == name) {
             None => "not contacted yet".to_owned(),
@@ -102,7 +104,7 @@ pub fn status(path: Option<&Path>) -> anyhow::Result<()> {
             count(FailureState::Dead),
             count(FailureState::Waiting)
         );
-        match store.runs(Some(name), 1)?.first() {
+        match store.runs(Some(name), 1).await?.first() {
             Some(r) => println!(
                 "target {name}: last reconciliation: run {} ({}{}) started {}, {}{}",
                 r.id,
@@ -136,10 +138,10 @@ fn describe(f: &Failure) -> String {
     )
 }
 
-pub fn journal(path: Option<&Path>, target: Option<&str>) -> anyhow::Result<()> {
+pub async fn journal(path: Option<&Path>, target: Option<&str>) -> anyhow::Result<()> {
     let (config, store) = open(path)?;
     known_target(&config, target)?;
-    let failures = store.list_failures(target)?;
+    let failures = store.list_failures(target).await?;
     if failures.is_empty() {
         println!("no failed changes");
     }
@@ -149,20 +151,20 @@ pub fn journal(path: Option<&Path>, target: Option<&str>) -> anyhow::Result<()> 
     Ok(())
 }
 
-pub fn retry(path: Option<&Path>, target: Option<&str>, seq: Option<i64>) -> anyhow::Result<()> {
+pub async fn retry(path: Option<&Path>, target: Option<&str>, seq: Option<i64>) -> anyhow::Result<()> {
     let (config, store) = open(path)?;
     known_target(&config, target)?;
     let seq = seq.map(ChangeSeq);
     if let Some(s) = seq
-        && !store.has_entry(s)?
+        && !store.has_entry(s).await?
     {
         anyhow::bail!("the journal has no change with sequence {s}");
     }
-    let queued = store.retry(target, seq, now_ms())?;
+    let queued = store.retry(target, seq, now_ms()).await?;
     if queued.is_empty() {
         match seq {
             Some(s) => {
-                let state = store.list_failures(target)?.into_iter().find(|f| f.seq == s).map(|f| f.state);
+                let state = store.list_failures(target).await?.into_iter().find(|f| f.seq == s).map(|f| f.state);
                 match state {
                     Some(st) => anyhow::bail!("change {s} is not a dead letter (it is {})", st.as_str()),
                     None => anyhow::bail!(
@@ -198,16 +200,16 @@ fn operator() -> String {
     }
 }
 
-pub fn discard(path: Option<&Path>, target: Option<&str>, seq: i64) -> anyhow::Result<()> {
+pub async fn discard(path: Option<&Path>, target: Option<&str>, seq: i64) -> anyhow::Result<()> {
     let (config, store) = open(path)?;
     known_target(&config, target)?;
     let seq = ChangeSeq(seq);
-    if !store.has_entry(seq)? {
+    if !store.has_entry(seq).await? {
         anyhow::bail!("the journal has no change with sequence {seq}");
     }
-    let dropped = store.discard(target, seq, &operator(), now_ms())?;
+    let dropped = store.discard(target, seq, &operator(), now_ms()).await?;
     if dropped.is_empty() {
-        let state = store.list_failures(target)?.into_iter().find(|f| f.seq == seq).map(|f| f.state);
+        let state = store.list_failures(target).await?.into_iter().find(|f| f.seq == seq).map(|f| f.state);
         match state {
             Some(st) => anyhow::bail!(
                 "change {seq} is not a dead letter (it is {}); only dead letters are discarded",

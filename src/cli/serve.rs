@@ -26,6 +26,7 @@ async fn serve(config: Config, path: Option<PathBuf>, log_level: LogLevel) -> an
     let staging_path = config.staging.path.clone();
     // Before anything is created or printed: a second daemon on the same staging database stops here.
     let lock = DaemonLock::acquire(&staging_path)?;
+    let ledger = staging::open_ledger(&staging_path)?;
     let listener =
         tokio::net::TcpListener::bind(addr).await.with_context(|| format!("while binding {addr} (server.listen)"))?;
     if embedded {
@@ -34,13 +35,14 @@ async fn serve(config: Config, path: Option<PathBuf>, log_level: LogLevel) -> an
         // The embedded default shows the whole flow with one command: on its first start it creates a tenant
         // and prints its token once. Only now, with the listener bound, so that the token is not printed by
         // a start that then fails.
-        if staging::tenant_names(&staging_path)?.is_empty() {
-            let (_, token) = staging::rotate_token(&staging_path, "default")?;
+        if ledger.tenant_names().await?.is_empty() {
+            let (_, token) = ledger.rotate_token("default").await?;
             println!("Created tenant \"default\". Its bearer token (shown once, store it now):\n\n    {token}\n");
             println!("(A lost token is replaced with `scim-bridge token default`.)\n");
         }
     }
-    let tenants = staging::tenant_names(&staging_path)?;
+    let tenants = ledger.tenant_names().await?;
+    drop(ledger);
     if tenants.is_empty() {
         tracing::warn!("no tenant has a token yet: every request will be refused; run `scim-bridge token <tenant>`");
     }

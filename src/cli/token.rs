@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Context;
 use scim_bridge::staging;
 
-use super::{TokenAction, load_config};
+use super::{TokenAction, load_config, small_runtime};
 
 pub fn run(path: Option<&Path>, action: Option<&TokenAction>, tenant: Option<&str>) -> anyhow::Result<()> {
     match (action, tenant) {
@@ -21,7 +21,8 @@ pub fn run(path: Option<&Path>, action: Option<&TokenAction>, tenant: Option<&st
 
 fn list(path: Option<&Path>) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    let tenants = staging::tenant_infos(&config.staging.path)?;
+    let store = staging::open_ledger(&config.staging.path)?;
+    let tenants = small_runtime()?.block_on(store.tenant_infos())?;
     if tenants.is_empty() {
         println!("no tenants yet; create one with `scim-bridge token <tenant>`");
     }
@@ -45,8 +46,10 @@ fn list(path: Option<&Path>) -> anyhow::Result<()> {
 
 fn revoke(path: Option<&Path>, tenant: &str) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    if !staging::revoke_token(&config.staging.path, tenant)? {
-        let names = staging::tenant_names(&config.staging.path)?;
+    let store = staging::open_ledger(&config.staging.path)?;
+    let runtime = small_runtime()?;
+    if !runtime.block_on(store.revoke_token(tenant))? {
+        let names = runtime.block_on(store.tenant_names())?;
         anyhow::bail!(
             "no tenant is named {tenant:?} (tenants: {})",
             if names.is_empty() { "none".to_owned() } else { names.join(", ") }
@@ -60,7 +63,9 @@ fn revoke(path: Option<&Path>, tenant: &str) -> anyhow::Result<()> {
 
 fn rotate(path: Option<&Path>, tenant: &str) -> anyhow::Result<()> {
     let config = load_config(path)?;
-    let (t, token) = staging::rotate_token(&config.staging.path, tenant)
+    let store = staging::open_ledger(&config.staging.path)?;
+    let (t, token) = small_runtime()?
+        .block_on(store.rotate_token(tenant))
         .with_context(|| format!("while issuing a token for tenant {tenant:?}"))?;
     eprintln!("New bearer token for tenant {:?} (shown once; any previous token of this tenant is revoked):", t.name);
     println!("{token}");

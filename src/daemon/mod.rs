@@ -24,8 +24,8 @@ use crate::ops::retention;
 use crate::ops::tls::{Tls, TlsError};
 use crate::replay::{self, Binding, ReplaySettings};
 use crate::scim::Rules;
-use crate::staging::replay_state::ReplayStore;
-use crate::staging::{DaemonLock, Staging, StagingError, StagingOptions, hash_token};
+use crate::staging::{self, Ledger, Stores};
+use crate::staging::{DaemonLock, StagingError, StagingOptions, hash_token};
 use crate::targets::Target;
 use crate::targets::ldap::LdapTarget;
 use crate::targets::sql::SqlTarget;
@@ -206,14 +206,14 @@ struct ReplayRun {
 impl ReplayRun {
     fn start(
         bindings: Vec<Binding>,
-        store: &ReplayStore,
+        store: &Arc<dyn Ledger>,
         config: &Config,
         hooks: Vec<alerts::Hook>,
         commits: tokio::sync::watch::Receiver<u64>,
     ) -> ReplayRun {
         let (stop, stopping) = tokio::sync::watch::channel(false);
         let alerts = alerts::start(hooks, stopping.clone());
-        let mut workers = schedules::spawn(config, &config.staging.path, &alerts, &stopping);
+        let mut workers = schedules::spawn(config, &alerts, &stopping);
         if config.retention.days > 0 {
             let targets = config.targets.iter().map(|t| t.name().to_owned()).collect();
             workers.push(tokio::spawn(retention::daily(
@@ -268,8 +268,8 @@ pub async fn run_service(
     let bindings = bindings(config)?;
     let settings = Arc::new(Shared::new(scim_settings(config, &bindings)?));
     let tls = config.server.tls.as_ref().map(Tls::load).transpose()?.map(Arc::new);
-    let staging = Staging::open(&config.staging.path, StagingOptions { max_batch: config.staging.max_batch })?;
-    let store = ReplayStore::open(&config.staging.path)?;
+    let Stores { resources: staging, ledger: store } =
+        staging::open(&config.staging.path, StagingOptions { max_batch: config.staging.max_batch })?;
     let metrics = Arc::new(Metrics::new());
     let replay = ReplayRun::start(bindings, &store, config, alert_hooks(config)?, staging.commits());
     let limits = Arc::new(Shared::new(connection_limits(config)));
@@ -280,12 +280,13 @@ pub async fn run_service(
         limits: limits.clone(),
         refused: Some(metrics.connections_refused.clone()),
     };
-    // Readiness and metrics read replay's state on a connection of their own.
+    // Readiness, metrics and the status page read staging's ledger on a handle of their own, so that a
+    // scrape never waits behind a replay step.
     let service = Service {
         staging: staging.clone(),
         settings: settings.clone(),
         metrics,
-        replay: Some(ReplayStore::open(&config.staging.path)?),
+        replay: Some(staging::open_ledger(&config.staging.path)?),
     };
     let notifier = hooks.notifier.unwrap_or_else(|| Arc::new(Notifier::disabled()));
     let running = reload::Running {

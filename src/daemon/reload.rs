@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::http::{ConnectionLimits, ScimSettings};
 use crate::ops::Shared;
 use crate::ops::tls::{Tls, server_config};
-use crate::staging::replay_state::ReplayStore;
+use crate::staging::Ledger;
 
 /// Reads the configuration again (the file, with the same overrides as at start).
 pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
@@ -30,7 +30,7 @@ pub(super) struct Running {
     pub limits: Arc<Shared<ConnectionLimits>>,
     pub tls: Option<Arc<Tls>>,
     pub replay: Option<ReplayRun>,
-    pub store: ReplayStore,
+    pub store: Arc<dyn Ledger>,
     pub commits: tokio::sync::watch::Receiver<u64>,
     pub source: Option<ConfigSource>,
     pub log_level: Option<LogLevel>,

@@ -2,8 +2,6 @@
 //! with a target of its own (its own connections, so that a long run does not take replay's), stopped
 //! with the replay workers of the same configuration.
 
-use std::path::Path;
-
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -11,13 +9,12 @@ use crate::ops::alerts::Alerts;
 use crate::reconcile::progress::LogLines;
 use crate::reconcile::schedule::{Clock, every};
 use crate::reconcile::{self, ReconcileError, Request, Trigger};
-use crate::staging::replay_state::ReplayStore;
+use crate::staging;
 use crate::targets::reconcile::parse_schedule;
 
 /// Starts the schedule tasks of `config`; they end when `stop` becomes true.
 pub(super) fn spawn(
     config: &Config,
-    staging: &Path,
     alerts: &Alerts,
     stop: &watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
@@ -39,7 +36,7 @@ pub(super) fn spawn(
                 continue;
             }
         };
-        let store = match ReplayStore::open(staging) {
+        let store = match staging::open_ledger(&config.staging.path) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(target = %tc.name(), error = %e, "scheduled reconciliation not started: staging");

@@ -33,8 +33,7 @@ use crate::ops::rate::{Buckets, LogThrottle};
 use crate::scim::error::{ScimError, Status};
 use crate::scim::schema::Kind;
 use crate::scim::{Rules, SCIM_CONTENT_TYPE};
-use crate::staging::replay_state::ReplayStore;
-use crate::staging::{Staging, Tenant};
+use crate::staging::{Ledger, ResourceStore, Tenant};
 
 pub use self::render::{etag, render};
 pub use self::server::{ConnectionLimits, Listener, Rewrite};
@@ -44,26 +43,26 @@ pub use self::settings::{MetricsAccess, ScimSettings, TenantRules};
 /// registry, and replay's state in staging for readiness and metrics.
 #[derive(Clone)]
 pub struct Service {
-    pub staging: Staging,
+    pub staging: Arc<dyn ResourceStore>,
     pub settings: Arc<Shared<ScimSettings>>,
     pub metrics: Arc<Metrics>,
-    /// Replay's state, read by `/readyz` and `/metrics`; without it they report staging only.
-    pub replay: Option<ReplayStore>,
+    /// Replay's state, read by `/readyz`, `/metrics` and `/status`; without it they report staging only.
+    pub replay: Option<Arc<dyn Ledger>>,
 }
 
 impl Service {
     /// A service on `staging` alone (no replay state), as tests and benchmarks start it.
-    pub fn new(staging: Staging, settings: ScimSettings) -> Service {
+    pub fn new(staging: Arc<dyn ResourceStore>, settings: ScimSettings) -> Service {
         Service { staging, settings: Arc::new(Shared::new(settings)), metrics: Arc::new(Metrics::new()), replay: None }
     }
 }
 
 #[derive(Clone)]
 struct AppState {
-    staging: Staging,
+    staging: Arc<dyn ResourceStore>,
     shared: Arc<Shared<ScimSettings>>,
     metrics: Arc<Metrics>,
-    replay: Option<ReplayStore>,
+    replay: Option<Arc<dyn Ledger>>,
     /// Lists being read and rendered at once. Each holds up to a page of resources (max_page_size) and
     /// its JSON; many large pages at once would only grow memory, not go faster, on a few cores.
     lists: Arc<tokio::sync::Semaphore>,
@@ -274,7 +273,7 @@ fn with_etag(mut resp: Response, version: i64) -> Response {
 /// The listener fails.
 pub async fn serve(
     listener: TcpListener,
-    staging: Staging,
+    staging: Arc<dyn ResourceStore>,
     settings: ScimSettings,
     grace: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,

@@ -3,7 +3,6 @@
 //! (Prometheus text, optionally behind its own bearer token). And the layer every request passes: the
 //! request timeout, and the request counters and latency histograms.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +18,7 @@ use super::auth::bearer;
 use crate::ops::metrics::{RequestLabels, RouteLabels, Snapshot, TargetSnapshot};
 use crate::scim::error::{ScimError, Status};
 use crate::staging::hash_token;
-use crate::staging::replay_state::ReplayStore;
+use crate::staging::{Ledger, ResourceStore};
 
 /// How long a readiness answer is reused: each check commits a write (an fsync), and `/readyz` needs no
 /// token, so its cost must not be the client's to choose.
@@ -60,13 +59,7 @@ async fn readiness(state: &AppState) -> (bool, Value) {
     };
     let mut ready = staging["ready"] == true;
     let health = match &state.replay {
-        Some(store) => {
-            let store = store.clone();
-            tokio::task::spawn_blocking(move || store.health())
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|h| h.map_err(|e| e.to_string()))
-        }
+        Some(store) => store.health().await.map_err(|e| e.to_string()),
         None => Ok(Vec::new()),
     };
     let mut targets = serde_json::Map::new();
@@ -105,10 +98,7 @@ pub(super) async fn metrics(State(state): State<AppState>, req: Request) -> Resp
         }
     }
     let snapshot = match &state.replay {
-        Some(store) => {
-            let (store, path, targets) = (store.clone(), state.staging.path().to_owned(), settings.targets.clone());
-            tokio::task::spawn_blocking(move || snapshot(&store, &path, &targets)).await.ok().flatten()
-        }
+        Some(store) => snapshot(store.as_ref(), state.staging.as_ref(), &settings.targets).await,
         None => None,
     };
     let text = state.metrics.render(&snapshot.unwrap_or_default());
@@ -121,17 +111,17 @@ pub(super) async fn metrics(State(state): State<AppState>, req: Request) -> Resp
 }
 
 /// Journal and replay figures, read from staging at scrape time.
-fn snapshot(store: &ReplayStore, path: &Path, targets: &[String]) -> Option<Snapshot> {
-    let read = || -> Result<Snapshot, crate::staging::StagingError> {
-        let health = store.health()?;
-        let mut s =
-            Snapshot { journal_head: store.head()?.0, pending_members: store.pending_count()?, ..Default::default() };
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        s.staging_bytes =
-            [path, Path::new(&wal)].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len() as i64).sum();
+async fn snapshot(store: &dyn Ledger, staging: &dyn ResourceStore, targets: &[String]) -> Option<Snapshot> {
+    let read = async || -> Result<Snapshot, crate::staging::StagingError> {
+        let health = store.health().await?;
+        let mut s = Snapshot {
+            journal_head: store.head().await?.0,
+            pending_members: store.pending_count().await?,
+            staging_bytes: staging.disk_bytes().unwrap_or_default(),
+            ..Default::default()
+        };
         for name in targets {
-            let stats = store.target_stats(name)?;
+            let stats = store.target_stats(name).await?;
             let lag_seconds = stats
                 .oldest_unread
                 .as_deref()
@@ -150,7 +140,7 @@ fn snapshot(store: &ReplayStore, path: &Path, targets: &[String]) -> Option<Snap
         }
         Ok(s)
     };
-    match read() {
+    match read().await {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: cannot read replay state from staging; journal and replay series left out");

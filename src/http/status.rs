@@ -17,8 +17,9 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use crate::ops::story;
+use crate::staging::Ledger;
 use crate::staging::hash_token;
-use crate::staging::replay_state::{FailureState, ReplayStore};
+use crate::staging::ledger::FailureState;
 
 const STYLE: &str = "body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:72rem;padding:.5rem 1rem;color:#222}\
 h1{font-size:1.3rem}h2{font-size:1.1rem;margin-top:1.5rem}.scroll{overflow-x:auto}\
@@ -99,48 +100,51 @@ fn uptime(secs: u64) -> String {
     out
 }
 
-/// Everything the page shows, read from staging in one go on the blocking pool.
+/// Everything the page shows, read from staging in one go.
 struct Overview {
     tenants: Vec<(String, i64, i64)>,
     targets: Vec<TargetRow>,
-    actions: Vec<crate::staging::replay_state::AuditRow>,
-    runs: Vec<crate::staging::replay_state::Run>,
+    actions: Vec<crate::staging::ledger::AuditRow>,
+    runs: Vec<crate::staging::ledger::Run>,
 }
 
 struct TargetRow {
     name: String,
     reachable: Option<(bool, String, Option<String>)>,
-    stats: crate::staging::replay_state::TargetStats,
+    stats: crate::staging::ledger::TargetStats,
     /// Failed changes, with the name of their resource.
-    failures: Vec<(crate::staging::replay_state::Failure, Option<String>)>,
+    failures: Vec<(crate::staging::ledger::Failure, Option<String>)>,
     tenants: Vec<String>,
 }
 
-fn overview(store: &ReplayStore, targets: &[(String, Vec<String>)]) -> Result<Overview, crate::staging::StagingError> {
-    let health = store.health()?;
-    let failures = store.list_failures(None)?;
+async fn overview(
+    store: &dyn Ledger,
+    targets: &[(String, Vec<String>)],
+) -> Result<Overview, crate::staging::StagingError> {
+    let health = store.health().await?;
+    let failures = store.list_failures(None).await?;
     let mut rows = Vec::new();
     for (name, tenants) in targets {
+        let mut named = Vec::new();
+        for f in failures.iter().filter(|f| &f.target == name) {
+            named.push((f.clone(), store.resource_name(f.tenant, f.resource_id.as_str()).await?));
+        }
         rows.push(TargetRow {
             name: name.clone(),
             reachable: health
                 .iter()
                 .find(|h| &h.target == name)
                 .map(|h| (h.reachable, h.since.clone(), h.last_error.clone())),
-            stats: store.target_stats(name)?,
-            failures: failures
-                .iter()
-                .filter(|f| &f.target == name)
-                .map(|f| Ok((f.clone(), store.resource_name(f.tenant, f.resource_id.as_str())?)))
-                .collect::<Result<_, crate::staging::StagingError>>()?,
+            stats: store.target_stats(name).await?,
+            failures: named,
             tenants: tenants.clone(),
         });
     }
     Ok(Overview {
-        tenants: store.tenant_counts()?,
+        tenants: store.tenant_counts().await?,
         targets: rows,
-        actions: store.history(None, None, None, 20)?,
-        runs: store.runs(None, 10)?,
+        actions: store.history(None, None, None, 20).await?,
+        runs: store.runs(None, 10).await?,
     })
 }
 
@@ -152,12 +156,11 @@ pub(super) async fn status(State(state): State<AppState>, req: Request) -> Respo
         return (StatusCode::SERVICE_UNAVAILABLE, "replay state is not available in this process\n").into_response();
     };
     let targets = state.settings().bindings.clone();
-    let data = match tokio::task::spawn_blocking(move || overview(&store, &targets)).await {
-        Ok(Ok(d)) => d,
-        Ok(Err(e)) => {
+    let data = match overview(store.as_ref(), &targets).await {
+        Ok(d) => d,
+        Err(e) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read staging: {e}\n")).into_response();
         }
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     };
     let tenant_targets = |t: &str| -> Vec<String> {
         data.targets.iter().filter(|r| r.tenants.iter().any(|n| n == t)).map(|r| r.name.clone()).collect()
@@ -260,18 +263,18 @@ pub(super) async fn explain(State(state): State<AppState>, Query(q): Query<Expla
     let Some(store) = state.replay.clone() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "replay state is not available in this process\n").into_response();
     };
-    let id = q.id.clone();
-    let found = tokio::task::spawn_blocking(move || {
-        let found = store.find_resources(&id)?;
-        found.into_iter().map(|c| store.story(&c)).collect::<Result<Vec<_>, _>>()
-    })
-    .await;
-    let stories = match found {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
+    let stories = async {
+        let mut stories = Vec::new();
+        for c in store.find_resources(&q.id).await? {
+            stories.push(store.story(&c).await?);
+        }
+        Ok::<_, crate::staging::StagingError>(stories)
+    };
+    let stories = match stories.await {
+        Ok(s) => s,
+        Err(e) => {
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read staging: {e}\n")).into_response();
         }
-        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     };
     let body = html! {
         p { a href="/status" { "← status" } }

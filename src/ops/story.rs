@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use crate::staging::replay_state::{Change, Story};
+use crate::staging::ledger::{Change, Story};
 
 /// One step of the story.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -5,18 +5,20 @@
 //! with replay paused, and left out.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::plan::{Action, OrphanPolicyName, Plan};
 use super::progress::Progress;
 use super::{PAGE, Request};
-use crate::replay::StoreClaims;
 use crate::scim::schema::Kind;
+use crate::staging::Ledger;
 use crate::staging::StagingError;
 use crate::staging::journal::{ChangeSeq, Entry, Op, ResourceId, ResourceRef};
-use crate::staging::replay_state::{Desired, Record, ReplayStore};
+use crate::staging::ledger::{Desired, Record};
 use crate::targets::TargetError;
+use crate::targets::link::StagedClaims;
 
 pub(super) enum ApplyError {
     Staging(StagingError),
@@ -55,17 +57,14 @@ fn entry(d: &Desired, run_id: i64, op: Op) -> Entry {
 /// Applies `plan`; returns how many resources were written.
 pub(super) async fn apply(
     req: &Request<'_>,
-    store: &ReplayStore,
+    store: &Arc<dyn Ledger>,
     plan: &Plan,
     run_id: i64,
     progress: &dyn Progress,
 ) -> Result<usize, ApplyError> {
     let name = req.target.name().to_owned();
     // Replay is paused now: what it still owes the target is final for this run.
-    let left = {
-        let n = name.clone();
-        store.run(move |s| s.unreplayed(&n)).await?
-    };
+    let left = store.unreplayed(&name).await?;
     let mut users: HashSet<String> = HashSet::new();
     let mut groups: HashMap<String, (Vec<ResourceId>, Vec<ResourceId>)> = HashMap::new();
     let mut orphans: Vec<(String, String)> = Vec::new();
@@ -91,26 +90,15 @@ pub(super) async fn apply(
         }
     }
     progress.phase(&format!("applying to {name}"), Some((users.len() + groups.len() + orphans.len()) as u64));
-    let bound = {
-        let tenants = req.tenants.clone();
-        store
-            .run(move |s| {
-                Ok(s.tenant_ids()?
-                    .into_iter()
-                    .filter(|(_, n)| tenants.contains(n))
-                    .map(|(id, _)| id)
-                    .collect::<Vec<_>>())
-            })
-            .await?
-    };
-    let claims = StoreClaims(store.link_owners(&name));
+    let bound: Vec<_> =
+        store.tenant_ids().await?.into_iter().filter(|(_, n)| req.tenants.contains(n)).map(|(id, _)| id).collect();
+    let claims = StagedClaims::new(store.clone(), &name);
     let mut applied = 0;
     // Users, then groups: staged pages again (the current state), filtered to what the plan touches.
     for kind in [Kind::User, Kind::Group] {
         let mut after = 0;
         loop {
-            let ids = bound.clone();
-            let page = store.run(move |s| s.desired_page(&ids, kind, after, PAGE)).await?;
+            let page = store.desired_page(&bound, kind, after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             let mut entries = Vec::new();
@@ -142,13 +130,9 @@ pub(super) async fn apply(
     }
     // Linked orphans to block: their last known state, inactive.
     for (key, id) in orphans {
-        let link = {
-            let (n, k) = (name.clone(), key.clone());
-            store.run(move |s| Ok(s.target_links(&n)?.into_iter().find(|l| l.key == k && l.kind == Kind::User))).await?
-        };
+        let link = store.target_links(&name).await?.into_iter().find(|l| l.key == key && l.kind == Kind::User);
         let Some(link) = link else { continue };
-        let resource = link.resource.clone();
-        let Some(mut e) = store.run(move |s| s.last_entry(&resource)).await? else {
+        let Some(mut e) = store.last_entry(&link.resource).await? else {
             tracing::warn!(target = %name, key = %key, id = %id, "an orphan has no journal entry to block it with; left as it is");
             continue;
         };
@@ -170,8 +154,8 @@ pub(super) async fn apply(
 /// be reached ends the run.
 async fn write(
     req: &Request<'_>,
-    store: &ReplayStore,
-    claims: &StoreClaims,
+    store: &Arc<dyn Ledger>,
+    claims: &StagedClaims,
     entries: &[Entry],
 ) -> Result<usize, ApplyError> {
     match write_batch(req, store, claims, entries).await? {
@@ -204,8 +188,8 @@ async fn write(
 
 async fn write_batch(
     req: &Request<'_>,
-    store: &ReplayStore,
-    claims: &StoreClaims,
+    store: &Arc<dyn Ledger>,
+    claims: &StagedClaims,
     entries: &[Entry],
 ) -> Result<Result<usize, TargetError>, StagingError> {
     let name = req.target.name().to_owned();
@@ -213,10 +197,7 @@ async fn write_batch(
     for e in entries {
         resources.extend(e.referenced());
     }
-    let mut links = {
-        let n = name.clone();
-        store.run(move |s| s.links(&n, &resources)).await?
-    };
+    let mut links = store.links(&name, &resources).await?;
     let applied = match req.target.apply_batch(entries, &mut links, claims).await {
         Ok(a) => a,
         Err(e) => return Ok(Err(e)),
@@ -227,13 +208,13 @@ async fn write_batch(
         record.applied.push((e.clone(), a));
     }
     let n = record.applied.len();
-    store.run(move |s| s.record(&record)).await?;
+    store.record(record).await?;
     Ok(Ok(n))
 }
 
 async fn record_errors(
     req: &Request<'_>,
-    store: &ReplayStore,
+    store: &Arc<dyn Ledger>,
     entries: &[Entry],
     error: &TargetError,
 ) -> Result<(), StagingError> {
@@ -241,5 +222,5 @@ async fn record_errors(
     for e in entries {
         record.errors.push((e.clone(), error.report()));
     }
-    store.run(move |s| s.record(&record)).await
+    store.record(record).await
 }

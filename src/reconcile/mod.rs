@@ -15,15 +15,17 @@ pub mod report;
 pub mod schedule;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use self::plan::{Compare, Plan, Planner};
 use self::progress::Progress;
 use crate::ops::alerts::{Alerts, Event};
 use crate::scim::schema::Kind;
+use crate::staging::Ledger;
 use crate::staging::StagingError;
 use crate::staging::journal::TenantId;
-use crate::staging::replay_state::{Desired, LeaseHeld, ReplayStore, RunStatus};
+use crate::staging::ledger::{Desired, LeaseHeld, RunStatus};
 use crate::targets::reconcile::{ActualUser, Drift, ReconcileConfig};
 use crate::targets::{Target, TargetError};
 
@@ -105,12 +107,12 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// The bound tenants that exist in staging, by id; with `only`, just that one.
-fn tenant_ids(
-    store: &ReplayStore,
+async fn tenant_ids(
+    store: &Arc<dyn Ledger>,
     names: &[String],
     only: Option<&str>,
 ) -> Result<HashMap<TenantId, String>, ReconcileError> {
-    let all = store.tenant_ids()?;
+    let all = store.tenant_ids().await?;
     if let Some(t) = only
         && !names.iter().any(|n| n == t)
     {
@@ -122,12 +124,12 @@ fn tenant_ids(
 /// Reads both sides and plans. `progress` hears the phases.
 async fn plan(
     req: &Request<'_>,
-    store: &ReplayStore,
+    store: &Arc<dyn Ledger>,
     progress: &dyn Progress,
 ) -> Result<Result<Plan, TargetError>, ReconcileError> {
     let name = req.target.name().to_owned();
-    let bound = tenant_ids(store, &req.tenants, None)?;
-    let run_tenants = tenant_ids(store, &req.tenants, req.tenant.as_deref())?;
+    let bound = tenant_ids(store, &req.tenants, None).await?;
+    let run_tenants = tenant_ids(store, &req.tenants, req.tenant.as_deref()).await?;
     let filter = req.tenant.as_ref().and_then(|t| run_tenants.iter().find(|(_, n)| *n == t).map(|(id, _)| *id));
     progress.phase(&format!("reading {name}"), None);
     let users = match req.target.snapshot_users().await {
@@ -139,24 +141,15 @@ async fn plan(
         Err(e) => return Ok(Err(e)),
     };
     progress.note(&format!("{name} holds {} account(s) and {} group(s)", users.len(), groups.len()));
-    let (links, left) = {
-        let n = name.clone();
-        store.run(move |s| Ok((s.target_links(&n)?, s.unreplayed(&n)?))).await?
-    };
+    let (links, left) = (store.target_links(&name).await?, store.unreplayed(&name).await?);
     let mut planner = Planner::new(&name, req.target, users, groups, links, left, bound, filter, req.config.orphans);
     let ids: Vec<TenantId> = run_tenants.keys().copied().collect();
-    let total = store
-        .run({
-            let ids = ids.clone();
-            move |s| s.resource_count(&ids)
-        })
-        .await?;
+    let total = store.resource_count(&ids).await?;
     progress.phase("comparing with staging", Some(total as u64));
     for kind in [Kind::User, Kind::Group] {
         let mut after = 0;
         loop {
-            let ids = ids.clone();
-            let page = store.run(move |s| s.desired_page(&ids, kind, after, PAGE)).await?;
+            let page = store.desired_page(&ids, kind, after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.seq;
             match kind {
@@ -175,12 +168,13 @@ async fn plan(
 /// # Errors
 /// Another run holds the target, the tenant is unknown, or staging fails. A target that cannot be read or
 /// written ends the run as failed (recorded), not as an error.
-pub async fn run(req: Request<'_>, store: &ReplayStore, progress: &dyn Progress) -> Result<Finished, ReconcileError> {
+pub async fn run(
+    req: Request<'_>,
+    store: &Arc<dyn Ledger>,
+    progress: &dyn Progress,
+) -> Result<Finished, ReconcileError> {
     let name = req.target.name().to_owned();
-    let run_id = {
-        let (n, trigger, dry, holder) = (name.clone(), req.trigger.as_str(), req.dry_run, req.holder.clone());
-        store.run(move |s| s.start_run(&n, trigger, dry, &holder, now_ms())).await??
-    };
+    let run_id = store.start_run(&name, req.trigger.as_str(), req.dry_run, &req.holder, now_ms()).await??;
     tracing::info!(target = %name, run = run_id, trigger = req.trigger.as_str(), dry_run = req.dry_run, "reconciliation started");
     let renewing = lease_keeper(store.clone(), name.clone(), run_id);
     let outcome = run_locked(&req, store, progress, run_id, &renewing).await;
@@ -189,13 +183,12 @@ pub async fn run(req: Request<'_>, store: &ReplayStore, progress: &dyn Progress)
         Ok(f) => f,
         Err(e) => {
             let why = e.to_string();
-            let _ = store.run(move |s| s.finish_run(run_id, RunStatus::Failed, &Default::default(), Some(&why))).await;
+            let _ = store.finish_run(run_id, RunStatus::Failed, &Default::default(), Some(&why)).await;
             return Err(e);
         }
     };
-    let (status, counts, detail) = (finished.status, finished.plan.counts(), finished.detail.clone());
-    store.run(move |s| s.finish_run(run_id, status, &counts, detail.as_deref())).await?;
     let counts = finished.plan.counts();
+    store.finish_run(run_id, finished.status, &counts, finished.detail.as_deref()).await?;
     let detail = finished.detail.clone().unwrap_or_default();
     match finished.status {
         RunStatus::Stopped => req.alerts.send(Event::ReconcileStopped { target: name.clone(), run: run_id, detail }),
@@ -215,7 +208,7 @@ pub async fn run(req: Request<'_>, store: &ReplayStore, progress: &dyn Progress)
 
 async fn run_locked(
     req: &Request<'_>,
-    store: &ReplayStore,
+    store: &Arc<dyn Ledger>,
     progress: &dyn Progress,
     run_id: i64,
     lease: &LeaseKeeper,
@@ -269,19 +262,18 @@ async fn run_locked(
 struct LeaseKeeper {
     pause: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    store: ReplayStore,
+    store: Arc<dyn Ledger>,
     target: String,
     run_id: i64,
 }
 
-fn lease_keeper(store: ReplayStore, target: String, run_id: i64) -> LeaseKeeper {
+fn lease_keeper(store: Arc<dyn Ledger>, target: String, run_id: i64) -> LeaseKeeper {
     let (store_for_keeper, target_for_keeper) = (store.clone(), target.clone());
     let (pause, mut paused) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         loop {
             let p = *paused.borrow_and_update();
-            let (s, t) = (store.clone(), target.clone());
-            if let Err(e) = s.run(move |s| s.renew_lease(&t, run_id, p, now_ms())).await {
+            if let Err(e) = store.renew_lease(&target, run_id, p, now_ms()).await {
                 tracing::warn!(target = %target, run = run_id, error = %e, "cannot renew the reconciliation lease");
             }
             tokio::select! {
@@ -296,8 +288,7 @@ fn lease_keeper(store: ReplayStore, target: String, run_id: i64) -> LeaseKeeper 
 impl LeaseKeeper {
     /// Pauses (or resumes) the target's replay, in staging before this returns.
     async fn pause_replay(&self, on: bool) -> Result<(), StagingError> {
-        let (t, id) = (self.target.clone(), self.run_id);
-        self.store.run(move |s| s.renew_lease(&t, id, on, now_ms())).await?;
+        self.store.renew_lease(&self.target, self.run_id, on, now_ms()).await?;
         let _ = self.pause.send(on);
         Ok(())
     }
@@ -316,9 +307,9 @@ pub async fn link_report(
     target: &Target,
     tenants: &[String],
     tenant: Option<&str>,
-    store: &ReplayStore,
+    store: &Arc<dyn Ledger>,
 ) -> Result<Result<Vec<report::LinkRow>, TargetError>, ReconcileError> {
-    let run_tenants = tenant_ids(store, tenants, tenant)?;
+    let run_tenants = tenant_ids(store, tenants, tenant).await?;
     let users = match target.snapshot_users().await {
         Ok(u) => u,
         Err(e) => return Ok(Err(e)),
@@ -329,16 +320,13 @@ pub async fn link_report(
             by_email.entry(e.as_str()).or_default().push(u.key.as_str());
         }
     }
-    let links: HashMap<_, _> = {
-        let n = target.name().to_owned();
-        store.run(move |s| s.target_links(&n)).await?.into_iter().map(|l| (l.resource.clone(), l.key)).collect()
-    };
+    let links: HashMap<_, _> =
+        store.target_links(target.name()).await?.into_iter().map(|l| (l.resource.clone(), l.key)).collect();
     let ids: Vec<TenantId> = run_tenants.keys().copied().collect();
     let mut rows = Vec::new();
     let mut after = 0;
     loop {
-        let ids = ids.clone();
-        let page = store.run(move |s| s.desired_page(&ids, Kind::User, after, PAGE)).await?;
+        let page = store.desired_page(&ids, Kind::User, after, PAGE).await?;
         let Some(last) = page.last() else { break };
         after = last.seq;
         for d in &page {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::scim::schema::Kind;
 use crate::staging::journal::{ResourceId, ResourceRef};
-use crate::staging::replay_state::{Desired, TargetLink};
+use crate::staging::ledger::{Desired, TargetLink};
 use crate::targets::reconcile::{ActualGroup, ActualUser, Drift, OrphanPolicy};
 
 /// One thing a run does (or, for reports, found).

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::plan::{Action, Plan};
-use crate::staging::replay_state::Run;
+use crate::staging::ledger::Run;
 
 /// An id shortened for a table (the JSON output has it whole).
 fn short(id: &str) -> String {

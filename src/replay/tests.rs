@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::*;
 use crate::staging::journal::ResourceId;
-use crate::staging::{Change, Staging, TenantId};
+use crate::staging::{Change, Ledger, ResourceStore, Stores, TenantId};
 
 /// What the memory target was asked to do and how it should fail.
 #[derive(Default)]
@@ -85,8 +85,8 @@ impl ReplayTarget for Memory {
 
 struct Harness {
     _dir: tempfile::TempDir,
-    staging: Staging,
-    store: ReplayStore,
+    staging: Arc<dyn ResourceStore>,
+    store: Arc<dyn Ledger>,
     tenant: TenantId,
     target: Memory,
     stop: watch::Sender<bool>,
@@ -110,14 +110,18 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("staging.db");
         let (tenant, _) = crate::staging::rotate_token(&path, "t").unwrap();
-        let staging = Staging::open(&path, Default::default()).unwrap();
-        let store = ReplayStore::open(&path).unwrap();
+        let Stores { resources: staging, ledger: store } = crate::staging::open(&path, Default::default()).unwrap();
         let (stop, _) = watch::channel(false);
         Harness { _dir: dir, staging, store, tenant: tenant.id, target, stop, workers: Vec::new() }
     }
 
     /// Starts the replay workers.
     fn run(&mut self) {
+        self.run_on(self.store.clone());
+    }
+
+    /// Starts the replay workers on `log` as their side of staging.
+    fn run_on(&mut self, log: Arc<dyn ReplayLog>) {
         let settings = ReplaySettings {
             batch_size: 100,
             max_attempts: 2,
@@ -128,7 +132,7 @@ impl Harness {
         };
         let binding = Binding { target: self.target.clone(), tenants: vec!["t".into()] };
         let stopping = self.stop.subscribe();
-        self.workers = spawn(vec![binding], self.store.clone(), settings, self.staging.commits(), stopping);
+        self.workers = spawn(vec![binding], log, settings, self.staging.commits(), stopping);
     }
 
     async fn create(&self, user: &str) -> (ResourceId, ChangeSeq) {
@@ -148,14 +152,14 @@ impl Harness {
         self.staging.write(self.tenant, "req", Default::default(), change).await.unwrap().seq.unwrap()
     }
 
-    fn failures(&self) -> Vec<(String, ChangeSeq, FailureState)> {
-        self.store.list_failures(None).unwrap().into_iter().map(|f| (f.resource_id.0, f.seq, f.state)).collect()
+    async fn failures(&self) -> Vec<(String, ChangeSeq, FailureState)> {
+        self.store.list_failures(None).await.unwrap().into_iter().map(|f| (f.resource_id.0, f.seq, f.state)).collect()
     }
 
     /// Waits (in paused time) until `done` holds; fails after a simulated hour.
-    async fn until(&self, what: &str, done: impl Fn(&Harness) -> bool) {
+    async fn until(&self, what: &str, done: impl AsyncFn(&Harness) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-        while !done(self) {
+        while !done(self).await {
             assert!(tokio::time::Instant::now() < deadline, "never happened: {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -205,11 +209,11 @@ async fn order_isolation_dead_letters_and_retry() {
         }
     }
     let bob = ids[1].0.clone();
-    h.until("bob's change parked as a dead letter", |h| {
-        h.failures().iter().any(|(r, _, s)| *r == bob && *s == FailureState::Dead)
+    h.until("bob's change parked as a dead letter", async |h| {
+        h.failures().await.iter().any(|(r, _, s)| *r == bob && *s == FailureState::Dead)
     })
     .await;
-    h.until("everyone else applied", |h| {
+    h.until("everyone else applied", async |h| {
         users.iter().filter(|u| **u != "bob").all(|u| h.target.applied_of(u).len() == 4)
     })
     .await;
@@ -221,15 +225,15 @@ async fn order_isolation_dead_letters_and_retry() {
     // Bob: create and t1 applied; t2 dead; t3 waits behind it.
     assert_eq!(h.target.applied_of("bob"), seqs["bob"][..2]);
     let bob_failures: Vec<(ChangeSeq, FailureState)> =
-        h.failures().into_iter().filter(|(r, _, _)| *r == bob).map(|(_, s, st)| (s, st)).collect();
+        h.failures().await.into_iter().filter(|(r, _, _)| *r == bob).map(|(_, s, st)| (s, st)).collect();
     assert_eq!(bob_failures, [(seqs["bob"][2], FailureState::Dead), (seqs["bob"][3], FailureState::Waiting)]);
 
     // The operator fixes the cause and retries: the dead letter, then the waiting change, in order.
     h.target.state().refuse.clear();
-    assert_eq!(h.store.retry(None, None, 0).unwrap().len(), 1);
-    h.until("bob caught up", |h| h.target.applied_of("bob").len() == 4).await;
+    assert_eq!(h.store.retry(None, None, 0).await.unwrap().len(), 1);
+    h.until("bob caught up", async |h| h.target.applied_of("bob").len() == 4).await;
     assert_eq!(h.target.applied_of("bob"), seqs["bob"]);
-    h.until("failure rows resolved", |h| h.failures().is_empty()).await;
+    h.until("failure rows resolved", async |h| h.failures().await.is_empty()).await;
     h.stop().await;
 }
 
@@ -248,12 +252,12 @@ async fn outage_backs_off_and_loses_nothing() {
         seqs.push(h.retitle(&ann, t).await);
     }
     h.run();
-    h.until("eight attempts during the outage", |h| h.target.state().attempts_while_down.len() >= 8).await;
+    h.until("eight attempts during the outage", async |h| h.target.state().attempts_while_down.len() >= 8).await;
     assert!(h.target.applied_of("ann").is_empty(), "nothing applied while down");
     h.target.state().down = false;
-    h.until("ann applied after the outage", |h| h.target.applied_of("ann").len() == 4).await;
+    h.until("ann applied after the outage", async |h| h.target.applied_of("ann").len() == 4).await;
     assert_eq!(h.target.applied_of("ann"), seqs);
-    assert!(h.failures().is_empty(), "an outage makes no failure rows: {:?}", h.failures());
+    assert!(h.failures().await.is_empty(), "an outage makes no failure rows: {:?}", h.failures().await);
     let attempts = h.target.state().attempts_while_down.clone();
     let gaps: Vec<u128> = attempts.windows(2).take(7).map(|w| (w[1] - w[0]).as_millis()).collect();
     // 500 ms doubled per attempt (±25 % jitter), never above the 8 s cap: 0.5, 1, 2, 4, 8, 8, 8 s.
@@ -261,5 +265,102 @@ async fn outage_backs_off_and_loses_nothing() {
         let most = (base * 5 / 4).min(8000) + 20;
         assert!(*gap >= base * 3 / 4 && *gap <= most, "pause {gap} ms, expected about {base}: {gaps:?}");
     }
+    h.stop().await;
+}
+
+/// A test double of replay's side of staging: the real ledger, except that recording a step fails while
+/// `refuse` is set, as when the staging disk is full.
+struct Unrecordable {
+    inner: Arc<dyn Ledger>,
+    refuse: std::sync::atomic::AtomicBool,
+    refused: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl ReplayLog for Unrecordable {
+    async fn cursor(&self, target: &str) -> Result<ChangeSeq, StagingError> {
+        self.inner.cursor(target).await
+    }
+    async fn head(&self) -> Result<ChangeSeq, StagingError> {
+        self.inner.head().await
+    }
+    async fn fetch(
+        &self,
+        tenants: &[String],
+        after: ChangeSeq,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, ChangeSeq), StagingError> {
+        self.inner.fetch(tenants, after, limit).await
+    }
+    async fn entry(&self, seq: ChangeSeq) -> Result<Option<Entry>, StagingError> {
+        self.inner.entry(seq).await
+    }
+    async fn links(&self, target: &str, resources: &HashSet<ResourceRef>) -> Result<Links, StagingError> {
+        self.inner.links(target, resources).await
+    }
+    async fn link_owner(&self, target: &str, kind: Kind, key: &str) -> Result<Option<ResourceRef>, StagingError> {
+        self.inner.link_owner(target, kind, key).await
+    }
+    async fn blocked(&self, target: &str) -> Result<HashSet<ResourceRef>, StagingError> {
+        self.inner.blocked(target).await
+    }
+    async fn due(&self, target: &str, now_ms: i64) -> Result<Vec<Failure>, StagingError> {
+        self.inner.due(target, now_ms).await
+    }
+    async fn next_due(&self, target: &str) -> Result<Option<i64>, StagingError> {
+        self.inner.next_due(target).await
+    }
+    async fn waiting(&self, target: &str, resource: &ResourceRef) -> Result<Vec<Failure>, StagingError> {
+        self.inner.waiting(target, resource).await
+    }
+    async fn record(&self, step: Record) -> Result<(), StagingError> {
+        if self.refuse.load(std::sync::atomic::Ordering::SeqCst) {
+            self.refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(StagingError::Closed);
+        }
+        self.inner.record(step).await
+    }
+    async fn record_health(
+        &self,
+        target: &str,
+        reachable: bool,
+        error: Option<&str>,
+        next_attempt_ms: Option<i64>,
+    ) -> Result<(), StagingError> {
+        self.inner.record_health(target, reachable, error, next_attempt_ms).await
+    }
+    async fn replay_paused(&self, target: &str, now_ms: i64) -> Result<bool, StagingError> {
+        self.inner.replay_paused(target, now_ms).await
+    }
+}
+
+/// A step that staging cannot record is repeated once staging takes writes again, never skipped: the
+/// position moves only with the record of what was applied (downstream, the repeat finds its rows through
+/// the links a real target keeps, so it applies each change again rather than losing one).
+#[tokio::test(start_paused = true)]
+async fn a_step_staging_cannot_record_is_repeated_not_skipped() {
+    let mut h = Harness::open(Memory::default());
+    let (ann, created) = h.create("ann").await;
+    let mut seqs = vec![created];
+    for t in ["t1", "t2"] {
+        seqs.push(h.retitle(&ann, t).await);
+    }
+    let log = Arc::new(Unrecordable {
+        inner: h.store.clone(),
+        refuse: std::sync::atomic::AtomicBool::new(true),
+        refused: std::sync::atomic::AtomicUsize::new(0),
+    });
+    h.run_on(log.clone());
+    h.until("three steps refused by staging", async |_| log.refused.load(std::sync::atomic::Ordering::SeqCst) >= 3)
+        .await;
+    assert_eq!(h.store.cursor("memory").await.unwrap(), ChangeSeq(0), "the position did not move");
+    let applied_while_refused = h.target.applied_of("ann").len();
+    assert!(applied_while_refused >= 3, "the step was attempted: {applied_while_refused}");
+    log.refuse.store(false, std::sync::atomic::Ordering::SeqCst);
+    let head = *seqs.last().unwrap();
+    h.until("the position reached the last change", async |h| h.store.cursor("memory").await.unwrap() == head).await;
+    let applied = h.target.applied_of("ann");
+    assert_eq!(applied[applied.len() - 3..], seqs[..], "the recorded step applied every change in order");
+    assert!(h.failures().await.is_empty(), "a staging failure is not the change's fault: {:?}", h.failures().await);
     h.stop().await;
 }

@@ -1,16 +1,22 @@
-//! Staging: the durable SQLite store between the SCIM endpoint and replay. It holds the desired state of
-//! every resource, the journal (outbox) of acknowledged changes and replay's own state (cursors, links,
-//! failures, audit). One writer thread owns the write connection and commits concurrent requests together
-//! (group commit); readers use a small pool. Below it is only the protocol model, `crate::scim`.
+//! Staging: the durable store between the SCIM endpoint and replay. It holds the desired state of every
+//! resource, the journal (outbox) of acknowledged changes and the ledger (replay's cursors, links,
+//! failures, the audit trail, reconciliation runs). Below it is only the protocol model, `crate::scim`.
+//!
+//! The rest of the crate reaches staging through the traits of [`store`] ([`ResourceStore`] and
+//! [`Ledger`]). The embedded backend is SQLite: [`SqliteStaging`] (this file, `read`, `writer`) where one
+//! writer thread owns the write connection and commits concurrent requests together (group commit) while
+//! readers use a small pool, and [`ledger::SqliteLedger`] for the rest; `sqlite` binds them to the traits.
 
 mod checkpoint;
 mod files;
 pub mod journal;
+pub mod ledger;
 mod members;
 mod migrations;
 pub mod query;
 mod read;
-pub mod replay_state;
+mod sqlite;
+pub mod store;
 mod tenants;
 mod writer;
 
@@ -30,10 +36,10 @@ pub use files::{DaemonLock, private_file, running_daemon};
 pub use journal::{ChangeSeq, ResourceId, ResourceRef, TenantId};
 pub use migrations::MigrationError;
 pub use read::{ListQuery, Page};
-pub use tenants::{
-    Tenant, TenantInfo, generate_token, hash_token, list_tenants, revoke_token, rotate_token, tenant_infos,
-    tenant_names, validate_tenant_name,
-};
+pub use store::{AuditLog, Ledger, OperatorLog, ReplayLog, ResourceStore, RunLog, Stores, open_ledger};
+/// `rotate_token` works on an embedded staging file directly: tests and benchmarks seed a tenant with it
+/// before a daemon starts. Everything else about tenants goes through [`OperatorLog`].
+pub use tenants::{Tenant, TenantInfo, generate_token, hash_token, rotate_token, validate_tenant_name};
 
 /// A resource as staged.
 #[derive(Debug, Clone)]
@@ -144,7 +150,7 @@ pub(crate) struct WriteRequest {
 
 /// Handle to the staging store; cheap to clone.
 #[derive(Clone)]
-pub struct Staging {
+pub struct SqliteStaging {
     inner: Arc<Inner>,
 }
 
@@ -238,12 +244,12 @@ fn open_connection(path: &Path) -> Result<Connection, StagingError> {
     Ok(conn)
 }
 
-impl Staging {
+impl SqliteStaging {
     /// Opens (creating if needed) the staging database, migrates it and starts the writer thread.
     ///
     /// # Errors
     /// The directory or file cannot be created or opened, or the schema is newer than this build.
-    pub fn open(path: &Path, options: StagingOptions) -> Result<Staging, StagingError> {
+    pub fn open(path: &Path, options: StagingOptions) -> Result<SqliteStaging, StagingError> {
         let conn = open_migrated(path)?;
         // A larger cache keeps the indexes' hot pages in memory as the tables grow.
         conn.pragma_update(None, "cache_size", -65536)?;
@@ -266,7 +272,7 @@ impl Staging {
                 move || writer::run(conn, rx, max_batch, commits_tx, generations)
             })
             .map_err(|e| StagingError::Worker(e.to_string()))?;
-        Ok(Staging {
+        Ok(SqliteStaging {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 writer: tx,
@@ -285,13 +291,21 @@ impl Staging {
         &self.inner.path
     }
 
+    /// The database file and its write-ahead log, in bytes.
+    fn file_bytes(&self) -> i64 {
+        let path = self.path();
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        [path, Path::new(&wal)].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len() as i64).sum()
+    }
+
     /// Writes and deletes so far of a tenant's resources of one kind.
     fn generation(&self, tenant: TenantId, kind: Kind) -> read::Generation {
         self.inner.generations.lock().map(|g| g.get(&(tenant, kind)).copied().unwrap_or_default()).unwrap_or_default()
     }
 
     /// Changes whenever the writer commits a batch: replay waits on it instead of polling.
-    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+    pub(in crate::staging) fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.commits.clone()
     }
 
@@ -299,7 +313,7 @@ impl Staging {
     ///
     /// # Errors
     /// `Rejected` for a request that cannot apply (answered to the client); `Db`/`Closed` otherwise.
-    pub async fn write(
+    pub(in crate::staging) async fn write(
         &self,
         tenant: TenantId,
         request_id: &str,
@@ -317,13 +331,13 @@ impl Staging {
     ///
     /// # Errors
     /// Why the write failed, or that the writer did not answer within `timeout` (a backlog, a stuck disk).
-    pub async fn probe_write(&self, timeout: std::time::Duration) -> Result<(), String> {
+    pub(in crate::staging) async fn probe_write(&self, timeout: std::time::Duration) -> Result<(), String> {
         self.probe(timeout).await?
     }
 
     /// Whether the writer thread answers within `timeout`, whatever the outcome of its write (a full disk
     /// is not cured by a restart; a stuck writer may be). For the service manager's watchdog.
-    pub async fn writer_answers(&self, timeout: std::time::Duration) -> bool {
+    pub(in crate::staging) async fn writer_answers(&self, timeout: std::time::Duration) -> bool {
         self.probe(timeout).await.is_ok()
     }
 
@@ -374,7 +388,7 @@ impl Staging {
 
     /// Stops the writer after it has committed everything queued before this call; later writes fail
     /// with `Closed`. Waits for the writer thread to finish.
-    pub async fn close(&self) {
+    pub(in crate::staging) async fn close(&self) {
         if self.inner.writer.send(WriterMsg::Stop).await.is_err() {
             return;
         }
@@ -388,6 +402,17 @@ impl Staging {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
+}
+
+/// Opens the embedded SQLite staging database at `path`: its resource side (with the writer thread) and its
+/// ledger.
+///
+/// # Errors
+/// The directory or file cannot be created or opened, or the schema is newer than this build.
+pub fn open(path: &Path, options: StagingOptions) -> Result<Stores, StagingError> {
+    let resources = SqliteStaging::open(path, options)?;
+    let ledger = ledger::SqliteLedger::open(path)?;
+    Ok(Stores { resources: Arc::new(resources), ledger: Arc::new(ledger) })
 }
 
 impl Drop for Inner {

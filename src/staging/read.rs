@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value, json};
 
 use super::query::{self, Mark, STRIDE, Sort, SortKey};
-use super::{Member, Staging, StagingError, Stored, TenantId};
+use super::{Member, SqliteStaging, StagingError, Stored, TenantId};
 use crate::scim::filter::{self, Filter};
 use crate::scim::schema::Kind;
 
@@ -147,12 +147,12 @@ pub(crate) struct Generation {
 /// Position marks per (tenant, kind, order), with the generation they were taken at.
 pub(crate) type MarksCache = HashMap<(TenantId, Kind, Sort), (u64, Arc<Vec<Mark>>)>;
 
-impl Staging {
+impl SqliteStaging {
     /// One resource by id, with its members when `with_members` (groups).
     ///
     /// # Errors
     /// The database cannot be read.
-    pub async fn get(
+    pub(in crate::staging) async fn get(
         &self,
         tenant: TenantId,
         kind: Kind,
@@ -180,7 +180,12 @@ impl Staging {
     ///
     /// # Errors
     /// The database cannot be read.
-    pub async fn list(&self, tenant: TenantId, kind: Kind, q: ListQuery) -> Result<Page, StagingError> {
+    pub(in crate::staging) async fn list(
+        &self,
+        tenant: TenantId,
+        kind: Kind,
+        q: ListQuery,
+    ) -> Result<Page, StagingError> {
         let me = self.clone();
         self.read(move |conn| match &q.filter {
             None => me.unfiltered(conn, tenant, kind, &q),

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Staging, StagingError, TenantId, open_migrated};
+use super::{SqliteStaging, StagingError, TenantId, open_migrated};
 use crate::scim::error::ScimError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,13 +123,13 @@ pub fn list_tenants(conn: &Connection) -> Result<Vec<Tenant>, StagingError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-impl Staging {
+impl SqliteStaging {
     /// The tenant a bearer token belongs to, if any. Looked up on every request so that a rotation by the
     /// CLI revokes the old token at once, without a restart.
     ///
     /// # Errors
     /// The database cannot be read.
-    pub async fn authenticate(&self, token: &str) -> Result<Option<Tenant>, StagingError> {
+    pub(in crate::staging) async fn authenticate(&self, token: &str) -> Result<Option<Tenant>, StagingError> {
         let hash = hash_token(token);
         self.read(move |conn| {
             let row: Option<(i64, String, Vec<u8>)> = conn
@@ -149,7 +149,7 @@ impl Staging {
     ///
     /// # Errors
     /// The database cannot be read.
-    pub async fn tenants(&self) -> Result<Vec<Tenant>, StagingError> {
+    pub(in crate::staging) async fn tenants(&self) -> Result<Vec<Tenant>, StagingError> {
         self.read(list_tenants).await
     }
 }
@@ -181,7 +181,7 @@ mod tests {
         let (t1, old) = rotate_token(&path, "acme").unwrap();
         let (t2, new) = rotate_token(&path, "acme").unwrap();
         assert_eq!(t1, t2);
-        let staging = Staging::open(&path, Default::default()).unwrap();
+        let staging = SqliteStaging::open(&path, Default::default()).unwrap();
         assert_eq!(staging.authenticate(&new).await.unwrap(), Some(t1));
         assert_eq!(staging.authenticate(&old).await.unwrap(), None);
         assert_eq!(staging.authenticate("scimb_nope").await.unwrap(), None);

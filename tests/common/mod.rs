@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Method, RequestBuilder, Response};
 use scim_bridge::http::ScimSettings;
-use scim_bridge::staging::{self, Staging};
+use scim_bridge::staging;
 use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
@@ -43,7 +43,7 @@ impl TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let staging_path = dir.path().join("staging.db");
         let (_, token) = staging::rotate_token(&staging_path, "tenant-a").expect("token");
-        let staging = Staging::open(&staging_path, Default::default()).expect("staging");
+        let staging = staging::open(&staging_path, Default::default()).expect("staging").resources;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let base = format!("http://{addr}{}", settings.base_path.trim_end_matches('/'));

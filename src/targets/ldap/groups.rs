@@ -129,7 +129,7 @@ impl LdapTarget {
             let ambiguous =
                 |dns: &[String]| format!("{} groups match {filter}: {}; not guessing", dns.len(), dns.join("; "));
             let dns = found.into_iter().map(|e| e.dn).collect();
-            dn = link::choose(dns, ambiguous, links, claims, Kind::Group, &e.resource())?;
+            dn = link::choose(dns, ambiguous, links, claims, Kind::Group, &e.resource()).await?;
         }
         if e.op == Op::Delete {
             let Some(dn) = dn else {

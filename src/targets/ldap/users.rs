@@ -46,7 +46,7 @@ impl LdapTarget {
                 dns.join("; ")
             )
         };
-        Ok((link::choose(dns, ambiguous, links, claims, Kind::User, &e.resource())?, false))
+        Ok((link::choose(dns, ambiguous, links, claims, Kind::User, &e.resource()).await?, false))
     }
 
     fn user_rdn(&self, state: &Map<String, Value>, id: &str) -> Result<String, TargetError> {
@@ -183,7 +183,7 @@ impl LdapTarget {
                         "an entry named {dn} already exists and is not this user's (its mail differs); choose another RDN template or resolve it in the directory"
                     )));
                 }
-                link::check_unclaimed(links, claims, Kind::User, &e.resource(), &dn)?;
+                link::check_unclaimed(links, claims, Kind::User, &e.resource(), &dn).await?;
                 let mods = values.iter().map(|(a, v)| Mod::Replace(a.clone(), v.iter().cloned().collect())).collect();
                 self.modify(l, &dn, mods).await?;
                 Ok((dn, Outcome::Linked))

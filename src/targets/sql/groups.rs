@@ -47,7 +47,7 @@ impl SqlTarget {
                     keys.join(", ")
                 )
             };
-            key = link::choose(keys, ambiguous, links, w.claims, Kind::Group, &e.resource())?;
+            key = link::choose(keys, ambiguous, links, w.claims, Kind::Group, &e.resource()).await?;
         }
         if e.op == Op::Delete {
             let Some(key) = key else {

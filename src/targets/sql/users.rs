@@ -97,7 +97,7 @@ impl SqlTarget {
                 keys.join(", ")
             )
         };
-        let key = link::choose(keys, ambiguous, links, w.claims, Kind::User, &w.entry.resource())?;
+        let key = link::choose(keys, ambiguous, links, w.claims, Kind::User, &w.entry.resource()).await?;
         Ok((key, false))
     }
 

@@ -3,7 +3,7 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{ChangeSeq, Failure, FailureState, ReplayStore, now};
+use super::{ChangeSeq, Failure, FailureState, SqliteLedger, now};
 use crate::staging::StagingError;
 
 /// Whether a target is reachable, as replay last found it.
@@ -46,9 +46,9 @@ pub struct PendingMember {
     pub since: String,
 }
 
-impl ReplayStore {
+impl SqliteLedger {
     /// Makes dead letters (all of a target's, or one) due for a new round of attempts. Returns those queued.
-    pub fn retry(
+    pub(in crate::staging) fn retry(
         &self,
         target: Option<&str>,
         seq: Option<ChangeSeq>,
@@ -82,7 +82,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The database cannot be read or written.
-    pub fn discard(
+    pub(in crate::staging) fn discard(
         &self,
         target: Option<&str>,
         seq: ChangeSeq,
@@ -134,7 +134,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn tenant_counts(&self) -> Result<Vec<(String, i64, i64)>, StagingError> {
+    pub(in crate::staging) fn tenant_counts(&self) -> Result<Vec<(String, i64, i64)>, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT t.name,
@@ -148,7 +148,7 @@ impl ReplayStore {
     }
 
     /// The recorded health of every target.
-    pub fn health(&self) -> Result<Vec<Health>, StagingError> {
+    pub(in crate::staging) fn health(&self) -> Result<Vec<Health>, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT target, reachable, since, failures, last_error, next_attempt, checked FROM target_health ORDER BY target",
@@ -169,7 +169,7 @@ impl ReplayStore {
     }
 
     /// Journal entries per tenant name (tenants without any included).
-    pub fn changes_per_tenant(&self) -> Result<Vec<(String, i64)>, StagingError> {
+    pub(in crate::staging) fn changes_per_tenant(&self) -> Result<Vec<(String, i64)>, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT t.name, (SELECT COUNT(*) FROM journal j WHERE j.tenant_id = t.id) FROM tenants t ORDER BY t.name",
@@ -180,7 +180,7 @@ impl ReplayStore {
     }
 
     /// A target's position and failures, for `status`, metrics and readiness.
-    pub fn target_stats(&self, target: &str) -> Result<TargetStats, StagingError> {
+    pub(in crate::staging) fn target_stats(&self, target: &str) -> Result<TargetStats, StagingError> {
         let head = self.head()?;
         let cursor = self.cursor(target)?;
         self.with(|c| {
@@ -204,12 +204,12 @@ impl ReplayStore {
     }
 
     /// How many pending group memberships there are.
-    pub fn pending_count(&self) -> Result<i64, StagingError> {
+    pub(in crate::staging) fn pending_count(&self) -> Result<i64, StagingError> {
         self.with(|c| Ok(c.query_row("SELECT COUNT(*) FROM pending_members", [], |r| r.get(0))?))
     }
 
     /// Pending group memberships: ids a group names that are not resources of its tenant.
-    pub fn pending_members(&self) -> Result<Vec<PendingMember>, StagingError> {
+    pub(in crate::staging) fn pending_members(&self) -> Result<Vec<PendingMember>, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT t.name, g.id, COALESCE(g.display, ''), p.member_id, p.since FROM pending_members p

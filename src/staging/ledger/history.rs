@@ -6,7 +6,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::{Failure, ReplayStore};
+use super::{Failure, SqliteLedger};
 use crate::scim::schema::Kind;
 use crate::staging::StagingError;
 use crate::staging::journal::{ResourceId, ResourceRef, TenantId};
@@ -108,12 +108,12 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
     })
 }
 
-impl ReplayStore {
+impl SqliteLedger {
     /// Audit rows newest first: of one target or all, since a time (RFC 3339), with one outcome.
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn history(
+    pub(in crate::staging) fn history(
         &self,
         target: Option<&str>,
         since: Option<&str>,
@@ -137,7 +137,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn find_resources(&self, query: &str) -> Result<Vec<Candidate>, StagingError> {
+    pub(in crate::staging) fn find_resources(&self, query: &str) -> Result<Vec<Candidate>, StagingError> {
         self.with(|c| {
             let mut found: Vec<Candidate> = Vec::new();
             let mut add = |tenant_id: i64, tenant: String, kind: String, id: String, name: String, gone: bool| {
@@ -183,7 +183,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn resource_name(&self, tenant: TenantId, id: &str) -> Result<Option<String>, StagingError> {
+    pub(in crate::staging) fn resource_name(&self, tenant: TenantId, id: &str) -> Result<Option<String>, StagingError> {
         self.with(|c| {
             Ok(c.prepare_cached("SELECT COALESCE(display, name_key) FROM resources WHERE tenant_id = ?1 AND id = ?2")?
                 .query_row(params![tenant.0, id], |r| r.get(0))
@@ -195,7 +195,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn story(&self, resource: &Candidate) -> Result<Story, StagingError> {
+    pub(in crate::staging) fn story(&self, resource: &Candidate) -> Result<Story, StagingError> {
         let r = resource.resource();
         let changes = self.with(|c| {
             let mut stmt = c.prepare_cached(
@@ -259,7 +259,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be written.
-    pub fn prune(&self, targets: &[String], cutoff: &str) -> Result<(u64, u64), StagingError> {
+    pub(in crate::staging) fn prune(&self, targets: &[String], cutoff: &str) -> Result<(u64, u64), StagingError> {
         let mut applied_up_to = self.head()?.0;
         for t in targets {
             applied_up_to = applied_up_to.min(self.cursor(t)?.0);
@@ -319,7 +319,7 @@ fn last_name(c: &rusqlite::Connection, tenant: i64, id: &str) -> Result<String, 
 mod tests {
     use super::*;
     use crate::staging::journal::{Applied, ChangeSeq, Entry, Op, Outcome};
-    use crate::staging::replay_state::Record;
+    use crate::staging::ledger::Record;
 
     /// Only applied entries older than the cutoff go; the newest of each resource and failed ones stay;
     /// audit rows go by age alone.
@@ -328,7 +328,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.db");
         let (tenant, _) = crate::staging::rotate_token(&path, "t").unwrap();
-        let store = ReplayStore::open(&path).unwrap();
+        let store = SqliteLedger::open(&path).unwrap();
         store
             .with(|c| {
                 for (seq, id, created) in [(1, "a", "2025-01-01"), (2, "a", "2025-01-02"), (3, "b", "2025-01-03"), (4, "b", "2025-01-04"), (5, "a", "2026-11-30"), (6, "c", "2025-01-05"), (7, "c", "2025-01-06")] {

@@ -1,9 +1,12 @@
-//! Replay's state in the staging database: journal reads, per-target cursors, links to downstream rows,
-//! failed entries and the audit trail. Replay has its own connection; its writes are batched, one
-//! transaction per replayed batch.
+//! The ledger of the embedded SQLite staging database: everything it keeps beside the resources. Journal
+//! reads, per-target cursors, links to downstream rows, failed entries and target health (replay's state),
+//! reconciliation runs and their lease (`runs`), the audit trail and retention (`history`), and what
+//! operators read and do (`operator`). One connection serves it; each replay step is one transaction.
+//! The rest of the crate reaches it through the traits of `super::store`, implemented in `super::sqlite`;
+//! the row types defined here are those traits' read models.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
@@ -92,39 +95,15 @@ impl Record {
     }
 }
 
+/// Everything the embedded SQLite staging database keeps beside the resources: replay's cursors, links,
+/// failures and health, the audit trail and reconciliation runs. Reached through the traits of
+/// [`super::store`] (implemented in `super::sqlite`).
 #[derive(Clone)]
-pub struct ReplayStore {
+pub struct SqliteLedger {
+    path: PathBuf,
     conn: Arc<Mutex<Connection>>,
     /// A connection of its own for link-owner lookups made while a target applies a change.
     owners: Arc<Mutex<Connection>>,
-}
-
-/// Who owns the links of one target: a single indexed read on a connection of its own, short enough to
-/// run inline while a target applies a change.
-#[derive(Clone)]
-pub struct LinkOwners {
-    conn: Arc<Mutex<Connection>>,
-    target: String,
-}
-
-impl LinkOwners {
-    /// The resource linked to downstream `key` of this kind in this target, if any. Users and groups live
-    /// in different tables (or subtrees), so the same key of the other kind is someone else's row.
-    ///
-    /// # Errors
-    /// The staging database cannot be read.
-    pub fn owner(&self, kind: Kind, key: &str) -> Result<Option<ResourceRef>, StagingError> {
-        let conn = self.conn.lock().map_err(|_| StagingError::Poisoned)?;
-        let found = conn
-            .prepare_cached(
-                "SELECT tenant_id, resource_id FROM links WHERE target = ?1 AND kind = ?2 AND downstream_key = ?3 LIMIT 1",
-            )?
-            .query_row(params![self.target, kind.as_str(), key], |r| {
-                Ok(ResourceRef { tenant: TenantId(r.get(0)?), id: ResourceId(r.get(1)?) })
-            })
-            .optional()?;
-        Ok(found)
-    }
 }
 
 fn now() -> String {
@@ -180,18 +159,41 @@ fn to_entry(raw: RawEntry) -> Result<Entry, StagingError> {
 
 const ENTRY_COLUMNS: &str = "j.seq, j.tenant_id, j.kind, j.resource_id, j.op, j.request_id, j.state, j.members_added, j.members_removed, j.created, t.name";
 
-impl ReplayStore {
+impl SqliteLedger {
     /// # Errors
     /// The staging database cannot be opened.
-    pub fn open(path: &Path) -> Result<ReplayStore, StagingError> {
+    pub fn open(path: &Path) -> Result<SqliteLedger, StagingError> {
         let conn = open_migrated(path)?;
         let owners = open_connection(path)?;
-        Ok(ReplayStore { conn: Arc::new(Mutex::new(conn)), owners: Arc::new(Mutex::new(owners)) })
+        Ok(SqliteLedger {
+            path: path.to_owned(),
+            conn: Arc::new(Mutex::new(conn)),
+            owners: Arc::new(Mutex::new(owners)),
+        })
     }
 
-    /// Link owners of a target, for the already-linked check of the targets.
-    pub fn link_owners(&self, target: &str) -> LinkOwners {
-        LinkOwners { conn: self.owners.clone(), target: target.to_owned() }
+    pub(in crate::staging) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The resource linked to downstream `key` of this kind in `target`, if any. Users and groups live in
+    /// different tables (or subtrees), so the same key of the other kind is someone else's row.
+    pub(in crate::staging) fn owner(
+        &self,
+        target: &str,
+        kind: Kind,
+        key: &str,
+    ) -> Result<Option<ResourceRef>, StagingError> {
+        let conn = self.owners.lock().map_err(|_| StagingError::Poisoned)?;
+        let found = conn
+            .prepare_cached(
+                "SELECT tenant_id, resource_id FROM links WHERE target = ?1 AND kind = ?2 AND downstream_key = ?3 LIMIT 1",
+            )?
+            .query_row(params![target, kind.as_str(), key], |r| {
+                Ok(ResourceRef { tenant: TenantId(r.get(0)?), id: ResourceId(r.get(1)?) })
+            })
+            .optional()?;
+        Ok(found)
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StagingError>) -> Result<T, StagingError> {
@@ -203,16 +205,16 @@ impl ReplayStore {
     ///
     /// # Errors
     /// What `f` returns, or `Worker` when the blocking task could not run.
-    pub async fn run<T: Send + 'static>(
+    pub(in crate::staging) async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&ReplayStore) -> Result<T, StagingError> + Send + 'static,
+        f: impl FnOnce(&SqliteLedger) -> Result<T, StagingError> + Send + 'static,
     ) -> Result<T, StagingError> {
         let me = self.clone();
         tokio::task::spawn_blocking(move || f(&me)).await.map_err(|e| StagingError::Worker(e.to_string()))?
     }
 
     /// How far a target has read the journal.
-    pub fn cursor(&self, target: &str) -> Result<ChangeSeq, StagingError> {
+    pub(in crate::staging) fn cursor(&self, target: &str) -> Result<ChangeSeq, StagingError> {
         self.with(|c| {
             Ok(ChangeSeq(
                 c.query_row("SELECT last_seq FROM replay_cursor WHERE target = ?1", [target], |r| r.get(0))
@@ -223,14 +225,14 @@ impl ReplayStore {
     }
 
     /// The newest journal sequence.
-    pub fn head(&self) -> Result<ChangeSeq, StagingError> {
+    pub(in crate::staging) fn head(&self) -> Result<ChangeSeq, StagingError> {
         self.with(|c| Ok(ChangeSeq(c.query_row("SELECT COALESCE(MAX(seq), 0) FROM journal", [], |r| r.get(0))?)))
     }
 
     /// Journal entries after `after` of the named tenants, oldest first, and the journal position this read
     /// covers: the last entry returned when the limit was reached, else the journal head (entries of other
     /// tenants up to it need nothing from this target).
-    pub fn fetch(
+    pub(in crate::staging) fn fetch(
         &self,
         tenants: &[String],
         after: ChangeSeq,
@@ -260,7 +262,7 @@ impl ReplayStore {
         })
     }
 
-    pub fn entry(&self, seq: ChangeSeq) -> Result<Option<Entry>, StagingError> {
+    pub(in crate::staging) fn entry(&self, seq: ChangeSeq) -> Result<Option<Entry>, StagingError> {
         self.with(|c| {
             let raw = c
                 .prepare_cached(&format!(
@@ -273,7 +275,11 @@ impl ReplayStore {
     }
 
     /// Known links of a target for these resources.
-    pub fn links(&self, target: &str, resources: &HashSet<ResourceRef>) -> Result<Links, StagingError> {
+    pub(in crate::staging) fn links(
+        &self,
+        target: &str,
+        resources: &HashSet<ResourceRef>,
+    ) -> Result<Links, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT downstream_key, origin, kind FROM links WHERE target = ?1 AND tenant_id = ?2 AND resource_id = ?3",
@@ -299,7 +305,7 @@ impl ReplayStore {
     }
 
     /// Resources of a target that have a failed entry (their later entries must wait).
-    pub fn blocked(&self, target: &str) -> Result<HashSet<ResourceRef>, StagingError> {
+    pub(in crate::staging) fn blocked(&self, target: &str) -> Result<HashSet<ResourceRef>, StagingError> {
         self.with(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT DISTINCT tenant_id, resource_id FROM replay_failures WHERE target = ?1")?;
@@ -310,7 +316,7 @@ impl ReplayStore {
     }
 
     /// The earliest failed entry of each blocked resource, when it is due for another attempt.
-    pub fn due(&self, target: &str, now_ms: i64) -> Result<Vec<Failure>, StagingError> {
+    pub(in crate::staging) fn due(&self, target: &str, now_ms: i64) -> Result<Vec<Failure>, StagingError> {
         self.failures(
             "WHERE f.target = ?1 AND f.state = 'retry' AND f.next_attempt <= ?2
                AND NOT EXISTS (SELECT 1 FROM replay_failures e WHERE e.target = f.target AND e.tenant_id = f.tenant_id
@@ -321,7 +327,7 @@ impl ReplayStore {
     }
 
     /// When the next retry of a target is due, if any.
-    pub fn next_due(&self, target: &str) -> Result<Option<i64>, StagingError> {
+    pub(in crate::staging) fn next_due(&self, target: &str) -> Result<Option<i64>, StagingError> {
         self.with(|c| {
             Ok(c.query_row(
                 "SELECT MIN(next_attempt) FROM replay_failures WHERE target = ?1 AND state = 'retry'",
@@ -332,7 +338,11 @@ impl ReplayStore {
     }
 
     /// The entries waiting behind a resource's failure, in order.
-    pub fn waiting(&self, target: &str, resource: &ResourceRef) -> Result<Vec<Failure>, StagingError> {
+    pub(in crate::staging) fn waiting(
+        &self,
+        target: &str,
+        resource: &ResourceRef,
+    ) -> Result<Vec<Failure>, StagingError> {
         self.failures(
             "WHERE f.target = ?1 AND f.tenant_id = ?2 AND f.resource_id = ?3 AND f.state = 'waiting' ORDER BY f.seq",
             params![target, resource.tenant.0, resource.id.as_str()],
@@ -340,7 +350,7 @@ impl ReplayStore {
     }
 
     /// All failure rows (of one target, or all), for the CLI.
-    pub fn list_failures(&self, target: Option<&str>) -> Result<Vec<Failure>, StagingError> {
+    pub(in crate::staging) fn list_failures(&self, target: Option<&str>) -> Result<Vec<Failure>, StagingError> {
         match target {
             Some(t) => self.failures("WHERE f.target = ?1 ORDER BY f.target, f.seq", params![t]),
             None => self.failures("ORDER BY f.target, f.seq", params![]),
@@ -386,7 +396,7 @@ impl ReplayStore {
     }
 
     /// Whether the journal has an entry with this sequence number.
-    pub fn has_entry(&self, seq: ChangeSeq) -> Result<bool, StagingError> {
+    pub(in crate::staging) fn has_entry(&self, seq: ChangeSeq) -> Result<bool, StagingError> {
         self.with(|c| {
             Ok(c.query_row("SELECT 1 FROM journal WHERE seq = ?1", [seq.0], |_| Ok(())).optional()?.is_some())
         })
@@ -394,7 +404,7 @@ impl ReplayStore {
 
     /// Records that a target is reachable, or that an attempt to reach it failed. `since` is kept while
     /// the state stays the same.
-    pub fn record_health(
+    pub(in crate::staging) fn record_health(
         &self,
         target: &str,
         reachable: bool,
@@ -417,7 +427,7 @@ impl ReplayStore {
     }
 
     /// Commits one replay step.
-    pub fn record(&self, r: &Record) -> Result<(), StagingError> {
+    pub(in crate::staging) fn record(&self, r: &Record) -> Result<(), StagingError> {
         self.with(|c| {
             let tx = c.transaction()?;
             let at = now();

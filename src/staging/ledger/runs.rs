@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use rusqlite::{OptionalExtension, params, params_from_iter};
 use serde_json::{Map, Value};
 
-use super::{ENTRY_COLUMNS, ReplayStore, entry_from_row, now, to_entry};
+use super::{ENTRY_COLUMNS, SqliteLedger, entry_from_row, now, to_entry};
 use crate::scim::schema::Kind;
 use crate::staging::StagingError;
 use crate::staging::journal::{Entry, ResourceId, ResourceRef, TenantId};
@@ -105,13 +105,13 @@ pub struct LeaseHeld {
 /// How long a lease lasts without renewal: a run that died frees its target after this.
 pub const LEASE_MS: i64 = 60_000;
 
-impl ReplayStore {
+impl SqliteLedger {
     /// Up to `limit` current resources of `kind` of the given tenants after position `after`, in creation
     /// order, with each group's members.
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn desired_page(
+    pub(in crate::staging) fn desired_page(
         &self,
         tenants: &[TenantId],
         kind: Kind,
@@ -170,7 +170,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn tenant_ids(&self) -> Result<Vec<(TenantId, String)>, StagingError> {
+    pub(in crate::staging) fn tenant_ids(&self) -> Result<Vec<(TenantId, String)>, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached("SELECT id, name FROM tenants ORDER BY name")?;
             let rows = stmt.query_map([], |r| Ok((TenantId(r.get(0)?), r.get(1)?)))?;
@@ -182,7 +182,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn resource_count(&self, tenants: &[TenantId]) -> Result<i64, StagingError> {
+    pub(in crate::staging) fn resource_count(&self, tenants: &[TenantId]) -> Result<i64, StagingError> {
         self.with(|c| {
             let mut stmt =
                 c.prepare_cached("SELECT COALESCE(SUM(count), 0) FROM resource_counts WHERE tenant_id = ?1")?;
@@ -198,7 +198,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn target_links(&self, target: &str) -> Result<Vec<TargetLink>, StagingError> {
+    pub(in crate::staging) fn target_links(&self, target: &str) -> Result<Vec<TargetLink>, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT tenant_id, resource_id, kind, downstream_key, origin FROM links WHERE target = ?1",
@@ -231,7 +231,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn unreplayed(&self, target: &str) -> Result<HashSet<ResourceRef>, StagingError> {
+    pub(in crate::staging) fn unreplayed(&self, target: &str) -> Result<HashSet<ResourceRef>, StagingError> {
         let cursor = self.cursor(target)?;
         self.with(|c| {
             let mut out = HashSet::new();
@@ -253,7 +253,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn last_entry(&self, resource: &ResourceRef) -> Result<Option<Entry>, StagingError> {
+    pub(in crate::staging) fn last_entry(&self, resource: &ResourceRef) -> Result<Option<Entry>, StagingError> {
         self.with(|c| {
             let sql = format!(
                 "SELECT {ENTRY_COLUMNS} FROM journal j JOIN tenants t ON t.id = j.tenant_id
@@ -272,7 +272,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// `Ok(Err(LeaseHeld))` when another run holds the target; `Err` when staging cannot be written.
-    pub fn start_run(
+    pub(in crate::staging) fn start_run(
         &self,
         target: &str,
         trigger: &str,
@@ -310,7 +310,13 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be written.
-    pub fn renew_lease(&self, target: &str, run_id: i64, pause_replay: bool, now_ms: i64) -> Result<(), StagingError> {
+    pub(in crate::staging) fn renew_lease(
+        &self,
+        target: &str,
+        run_id: i64,
+        pause_replay: bool,
+        now_ms: i64,
+    ) -> Result<(), StagingError> {
         self.with(|c| {
             c.execute(
                 "UPDATE reconcile_leases SET expires = ?3, pauses_replay = ?4 WHERE target = ?1 AND run_id = ?2",
@@ -324,7 +330,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn replay_paused(&self, target: &str, now_ms: i64) -> Result<bool, StagingError> {
+    pub(in crate::staging) fn replay_paused(&self, target: &str, now_ms: i64) -> Result<bool, StagingError> {
         self.with(|c| {
             Ok(c.prepare_cached(
                 "SELECT 1 FROM reconcile_leases WHERE target = ?1 AND pauses_replay = 1 AND expires > ?2",
@@ -339,7 +345,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be written.
-    pub fn finish_run(
+    pub(in crate::staging) fn finish_run(
         &self,
         run_id: i64,
         status: RunStatus,
@@ -363,7 +369,7 @@ impl ReplayStore {
     ///
     /// # Errors
     /// The staging database cannot be read.
-    pub fn runs(&self, target: Option<&str>, limit: usize) -> Result<Vec<Run>, StagingError> {
+    pub(in crate::staging) fn runs(&self, target: Option<&str>, limit: usize) -> Result<Vec<Run>, StagingError> {
         self.with(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, target, trigger, dry_run, started, ended, status, counts, detail FROM reconcile_runs
@@ -395,7 +401,7 @@ mod tests {
     #[test]
     fn one_run_per_target_and_a_dead_run_frees_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ReplayStore::open(&dir.path().join("s.db")).unwrap();
+        let store = SqliteLedger::open(&dir.path().join("s.db")).unwrap();
         let first = store.start_run("crm", "schedule", false, "pid 1", 1_000).unwrap().unwrap();
         let held = store.start_run("crm", "manual", true, "pid 2", 2_000).unwrap().unwrap_err();
         assert_eq!((held.run_id, held.holder.as_str()), (first, "pid 1"));
